@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
 	$(PIP) install -q -c requirements/lock.txt -e '.[test]'
 	touch $@
 
-test: setup          ## unit tests (hypothesis `ci` profile under CI) + benchmarks run once
+test: setup qwen     ## unit tests (hypothesis `ci` profile under CI) + benchmarks run once
 	$(PYTEST) tests/unit -n auto
 	$(PYTEST) tests/benchmarks --benchmark-disable -q
 

@@ -105,7 +105,7 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
 
 def _gram(A: torch.Tensor) -> torch.Tensor:
     """(d, d) float64 ``AᵀA``, accumulated over row chunks of A (V, d)."""
-    out = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64)
+    out = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64, device=A.device)
     for start in range(0, A.shape[0], _CHUNK):
         block = A[start:start + _CHUNK]
         out += (block.T @ block).to(torch.float64)
@@ -117,7 +117,7 @@ def purity(p, psi) -> float | torch.Tensor:
     psi = _matrix(psi)
     p = _distribution(p, psi.shape[0])
     if p.ndim == 2:
-        return torch.stack([torch.tensor(purity(row, psi)) for row in p])
+        return torch.tensor([purity(row, psi) for row in p], dtype=torch.float64)
     A = psi * p.sqrt().to(psi.dtype)[:, None]  # (V, d): rows √p_i ψ_i, so AᵀA = ρ
     return float((_gram(A) ** 2).sum())
 
@@ -132,12 +132,15 @@ def localisation_length(gamma) -> float | torch.Tensor:
     if isinstance(gamma, torch.Tensor):
         return torch.arccos(gamma.clamp(0.0, 1.0).sqrt())
     if not 0.0 <= gamma <= 1.0 + 1e-9:
-        raise ValueError(f"purity must lie in (0, 1], got {gamma}")
+        raise ValueError(f"purity must lie in [0, 1], got {gamma}")
     return math.acos(math.sqrt(min(gamma, 1.0)))
 
 
 def burial_depth(xi, g_max: float) -> float | torch.Tensor:
-    """``B = ξ / arccos(G_max)`` (SPEC §2); ``B > 1`` means the pair is unresolved."""
+    """``B = ξ / arccos(G_max)`` (SPEC §2); ``B > 1`` means the pair is unresolved.
+
+    ``G_max = 1`` (identical directions) gives ``inf`` for ``ξ > 0`` and NaN for ``ξ = 0``.
+    """
     if not -1.0 <= g_max <= 1.0:
         raise ValueError(f"g_max is a cosine and must lie in [-1, 1], got {g_max}")
     angle = math.acos(g_max)
@@ -151,7 +154,7 @@ def g2_mean(psi) -> float:
     """
     psi = _matrix(psi)
     V = psi.shape[0]
-    diag = (psi.to(torch.float64).pow(2).sum(1) ** 2).sum()
+    diag = (psi.pow(2).sum(1, dtype=torch.float64) ** 2).sum()
     return float(((_gram(psi) ** 2).sum() - diag) / (V * (V - 1)))
 
 

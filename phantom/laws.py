@@ -227,7 +227,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     Parameters
     ----------
     x, y : sequence of float
-        Paired finite values of equal length.
+        Paired values of equal length; ±inf are allowed (a jump ratio can be infinite).
 
     Returns
     -------
@@ -241,8 +241,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         raise ValueError("x and y must be 1-D sequences")
     if a.size != b.size:
         raise ValueError(f"x and y differ in length ({a.size} vs {b.size})")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("x and y must be finite")
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise ValueError("x and y must not contain NaN (±inf rank last/first)")
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     ra = _average_ranks(a) - (a.size + 1) / 2.0
@@ -616,3 +616,103 @@ def leave_one_out(q: Mapping[str, float | None],
         out.append(Prediction(model=m, q=qs[m], k=k, eta_hat=eta_hat, eta_c=ec,
                               rel_error=abs(eta_hat - ec) / ec))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Per-model laws measured through a campaign (runs served by the run store)
+# --------------------------------------------------------------------------------------------
+
+def _born_flipped(traj) -> bool:
+    return traj.diverged_at is None and bool(np.any(traj["phi"] > 0))
+
+
+def saturation_fits(campaign) -> dict[str, SaturationFit]:
+    """Per usable context, the fit of ``R(η) = Φ_T(η) − Φ_0`` over the saturation grid (SPEC §5).
+
+    A run stopped at saturation contributes its last recorded Φ (within ~3e-4 of Φ_T);
+    diverged runs are left out of their context's fit.
+    """
+    fits = {}
+    for context in campaign.usable:
+        runs = [campaign.run("full", lr, context) for lr in campaign.plan.saturation]
+        done = [r for r in runs if r.diverged_at is None]
+        if len(done) >= 3:
+            fits[context] = fit_saturation([r.meta["lr"] for r in done],
+                                           [r["phi"][-1] - r["phi"][0] for r in done])
+    return fits
+
+
+def reduced_field_of(campaign) -> tuple[float | None, float | None]:
+    """``(η_sat(model), H_FT)``: median η_sat over contexts and ``η_ref / η_sat`` (SPEC §5)."""
+    fits = saturation_fits(campaign)
+    if not fits:
+        return None, None
+    eta_sat = float(np.median([f.eta_sat for f in fits.values()]))
+    return eta_sat, ETA_REF / eta_sat
+
+
+def lora_sufficiency(campaign) -> float:
+    """Fraction of usable contexts with a Born flip by T under LoRA at 1e-3 (SPEC §5)."""
+    runs = campaign.lora_reference()
+    return sum(map(_born_flipped, runs)) / len(runs)
+
+
+def burial_ft(campaign) -> float:
+    """``B_FT``: median step-0 burial depth over usable contexts (SPEC §6, C12)."""
+    return float(np.median([r["burial"][0] for r in campaign.reference()]))
+
+
+def bulk(campaign) -> dict:
+    """Bulk statistics of the model's embedding (SPEC §2), cached in the run store."""
+    from . import geometry, store
+
+    def compute() -> dict:
+        E = campaign.loader(campaign.model).model.get_input_embeddings().weight.detach()
+        psi = geometry.normalize_rows(E)
+        g2 = geometry.g2_mean(psi)
+        shape = geometry.bulk_shape(psi)
+        return {"g2mean": g2, **shape._asdict(), "cls": geometry.classify(g2, shape.kind)}
+
+    key = {"kind": "bulk", "weights_sha256": store.weights_sha256(campaign.model),
+           "code_sha256": store.code_sha256()}
+    return campaign.store.get_or_compute(key, compute)
+
+
+def flip_fraction(campaign, lr: float) -> float:
+    """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
+
+    Contexts are run one by one (each run stops at its flip) until the ≥ ½ decision of
+    SPEC §5 is certain; the returned fraction counts unrun contexts as not flipping, so it
+    is exact about that decision (a lower bound on the full fraction).
+    """
+    usable = campaign.usable
+    need = math.ceil(len(usable) / 2)
+    flips = misses = 0
+    for context in usable:
+        flips += _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
+        misses = usable.index(context) + 1 - flips
+        if flips >= need or misses > len(usable) - need:
+            break
+    return flips / len(usable)
+
+
+def critical_lr_of(campaign, *, rtol: float = 0.01) -> CriticalLR:
+    """``η_c(model)`` by bisection in log η, bracketed by the sweep runs (SPEC §5)."""
+    known = {lr: sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
+             for lr in campaign.plan.sweep}
+    return critical_lr(lambda lr: flip_fraction(campaign, lr), sorted(known), rtol=rtol, known=known)
+
+
+def blind_statistic(campaign) -> BlindQ:
+    """The model's blind ``q`` from step-0 gradients (SPEC §5), ``r`` cached per context."""
+    from . import dynamics, store
+    dz0, r = {}, {}
+    for context in campaign.usable:
+        pair = campaign.orientations[context]
+        key = {"kind": "blind_r", "weights_sha256": store.weights_sha256(campaign.model),
+               "context": context, "orientation": [pair.g_word, pair.c_word],
+               "code_sha256": store.code_sha256()}
+        out = campaign.store.get_or_compute(
+            key, lambda c=context, p=pair: dynamics.blind_r(campaign.loader(campaign.model), c, p))
+        dz0[context], r[context] = out["dz0"], out["r"]
+    return blind_q(dz0, r, campaign.plan.steps)

@@ -42,7 +42,9 @@ Guarantees
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 import fcntl
 import hashlib
 import json
@@ -262,6 +264,7 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = pathlib.Path(root) if root is not None else default_root()
+        self.computed = 0   # entries this instance computed (not served from disk)
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -358,4 +361,114 @@ class RunStore:
             "provenance": _provenance(wall_s),
         }
         _write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        self.computed += 1
         return record
+
+
+# --- trajectories -----------------------------------------------------------------
+# A run's key holds everything that determines its trajectory (SPEC §4): the weights'
+# sha256, the context (id, text, pair), its orientation on the model, mode, lr, steps,
+# seed, the protocol version, a hash of the code that computes it, and the versions of
+# torch / transformers / peft. The orientation is itself a cached result, so a warm store
+# answers without loading any model.
+
+_CODE = ("dynamics.py", "geometry.py", "contexts.py", "trajectory.py")
+
+
+def code_sha256() -> str:
+    """sha256 over the source of the modules that compute a trajectory."""
+    here = pathlib.Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _CODE:
+        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return digest.hexdigest()
+
+
+def versions() -> dict:
+    """Versions that can change a trajectory's numbers."""
+    import peft
+    import torch
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+class ModelSlot:
+    """Keeps at most one loaded model per process (memory: one model at a time)."""
+
+    def __init__(self):
+        self.name, self.loaded = None, None
+
+    def __call__(self, name: str):
+        if name != self.name:
+            from . import zoo
+            self.name, self.loaded = None, None   # free the old model before loading the next
+            self.loaded, self.name = zoo.load(name), name
+        return self.loaded
+
+
+SLOT = ModelSlot()
+
+
+def _context_key(context) -> dict:
+    return {"id": context.id, "text": context.text, "pair": list(context.pair)}
+
+
+@functools.lru_cache(maxsize=None)
+def weights_sha256(model: str) -> str:
+    """The model's weights hash (offline names: from the verified cache manifest, no load)."""
+    from . import zoo
+    if model in zoo.OFFLINE:
+        return zoo.describe(model).weights_sha256
+    return SLOT(model).info.weights_sha256
+
+
+def orientation(model: str, context, *, store: RunStore | None = None, loader: Callable = SLOT):
+    """The cached :class:`phantom.contexts.Pair` of a context on a model (SPEC §3).
+
+    An unusable context is cached too and raises :class:`phantom.contexts.ContextUnusable`.
+    """
+    from . import contexts
+
+    def compute() -> dict:
+        try:
+            return dataclasses.asdict(contexts.orient(context, loader(model)))
+        except contexts.ContextUnusable as err:
+            return {"unusable": str(err)}
+
+    key = {"kind": "orientation", "weights_sha256": weights_sha256(model),
+           "context": _context_key(context), "code_sha256": code_sha256()}
+    payload = (store or RunStore()).get_or_compute(key, compute)
+    if "unusable" in payload:
+        raise contexts.ContextUnusable(payload["unusable"])
+    return contexts.Pair(**payload)
+
+
+def trajectory(model: str, context, *, mode: str, lr: float, steps: int = 30, seed: int = 0,
+               stop: str = "never", store: RunStore | None = None, loader: Callable = SLOT):
+    """A run from the store, computed (once across all processes) on a miss (SPEC §4).
+
+    Parameters
+    ----------
+    model : str
+        Zoo name, local directory or hub id (loaded through ``loader`` only on a miss).
+    context : phantom.contexts.Context or str
+    mode, lr, steps, seed, stop
+        As :func:`phantom.dynamics.run`.
+    """
+    from . import contexts, dynamics
+    from .trajectory import Trajectory
+    context = contexts.get(context) if isinstance(context, str) else context
+    store = store or RunStore()
+    pair = orientation(model, context, store=store, loader=loader)
+    key = {"kind": "trajectory", "weights_sha256": weights_sha256(model), "context": _context_key(context),
+           "orientation": [pair.g_word, pair.c_word], "mode": mode, "lr": float(lr), "steps": steps,
+           "seed": seed, "stop": stop, "protocol_version": dynamics.PROTOCOL_VERSION, "code_sha256": code_sha256(),
+           "versions": versions()}
+
+    def compute() -> dict:
+        traj = dynamics.run(loader(model), context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
+                            stop=stop)
+        return traj.to_dict()
+
+    return Trajectory.from_dict(store.get_or_compute(key, compute))

@@ -176,6 +176,18 @@ def _verify(entry: Path) -> ModelInfo:
     return ModelInfo(**manifest["info"])
 
 
+_VERIFIED: dict[tuple[str, int, int], ModelInfo] = {}
+
+
+def _verify_once(entry: Path) -> ModelInfo:
+    """:func:`_verify`, skipped when this process already verified the same manifest file."""
+    stat = (entry / MANIFEST).stat()
+    token = (str(entry), stat.st_ino, stat.st_mtime_ns)
+    if token not in _VERIFIED:
+        _VERIFIED[token] = _verify(entry)
+    return _VERIFIED[token]
+
+
 def _build(name: str, spec: OfflineModel, entry: Path) -> None:
     """Convert the GGUF once and move the finished cache entry into place atomically."""
     from transformers import GgufConfig
@@ -221,13 +233,27 @@ def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tu
     with _locked(entry.with_name(f".{name}.lock")):
         if (entry / MANIFEST).exists():
             try:
-                return entry, _verify(entry)
+                return entry, _verify_once(entry)
             except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
                 warnings.warn(f"corrupt model cache entry {entry}: {err}; rebuilding", CacheWarning,
                               stacklevel=3)
         _require_packages(name, spec)
         _build(name, spec, entry)
         return entry, _verify(entry)
+
+
+def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None):
+    """Only the tokenizer (for usability checks): from the cache entry if built, else from the GGUF."""
+    from transformers import AutoTokenizer
+    if name not in OFFLINE:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    entry = Path(cache_dir or cache_root()) / "models" / name
+    if (entry / MANIFEST).exists():
+        return AutoTokenizer.from_pretrained(entry, local_files_only=True)
+    _require_packages(name, OFFLINE[name])
+    with tempfile.TemporaryDirectory() as scratch:
+        gguf = OFFLINE[name].gguf(Path(scratch))
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
 
 
 def describe(name: str, *, cache_dir: str | os.PathLike | None = None) -> ModelInfo:

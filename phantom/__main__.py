@@ -1,0 +1,4 @@
+"""``python -m phantom …``: the command-line interface (:mod:`phantom.cli`)."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""Command-line interface: ``phantom <command> …`` or ``python -m phantom <command> …``.
+
+Each subcommand is one :class:`Command` in :data:`COMMANDS` (its name, help texts, a
+function adding its options and a handler ``handler(args) -> int``); adding one is a
+matter of writing those two functions and one entry.
+
+Errors a user can cause (unknown model or context, bad numbers, an unusable context, a
+missing weight package) end the program with one line ``phantom: error: …`` on stderr:
+exit status 2 for command-line usage errors, 1 for the others.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import contexts, zoo
+from .dynamics import MODES
+
+PROG = "phantom"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line ``phantom: error: …`` (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {_one_line(message)}\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Raw descriptions/epilogs; option help wrapped without breaking ``--no-store`` at its hyphens."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+# --- argument types -------------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    return value
+
+
+# --- progress -------------------------------------------------------------------------
+
+class _Clock:
+    """Stage lines on stderr, each with the time elapsed since the command started."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+class _Loader:
+    """The store's model loader (one model per process), announcing each actual load."""
+
+    def __init__(self, clock: _Clock, always: bool = False):
+        self.clock, self.calls, self.always = clock, 0, always  # always: announce reuse too
+
+    def __call__(self, name: str):
+        from . import store
+        self.calls += 1
+        if store.SLOT.name != name or self.always:
+            self.clock(f"loading model {name} …")
+            info = store.SLOT(name).info
+            self.clock(f"  loaded: {info.family}, {info.n_params / 1e6:.1f}M parameters, "
+                       f"{'tied' if info.tied else 'untied'} head")
+        return store.SLOT(name)
+
+
+# --- `run` ----------------------------------------------------------------------------
+
+COLUMNS = (  # (header, series, kind)
+    ("t", None, "t"), ("loss", "loss", "g"), ("p_g", "p_g", "g"), ("p_c", "p_c", "g"),
+    ("Φ", "phi", "g"), ("S", "signal", "g"), ("D", "drag", "g"), ("γ", "purity", "g"),
+    ("B", "burial", "g"), ("Δz", "dz", "g"), ("rank_g", "rank_g", "i"), ("rank_c", "rank_c", "i"),
+)
+WIDTH = {"t": 3, "g": 10, "i": 7}
+
+
+def format_table(traj) -> str:
+    """The per-step table: fixed-width columns, floats to 4 significant digits."""
+    head = " ".join(f"{h:>{WIDTH[kind]}}" for h, _, kind in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for t in range(len(traj["phi"])):
+        cells = []
+        for _, name, kind in COLUMNS:
+            if kind == "t":
+                cells.append(f"{t:>{WIDTH[kind]}d}")
+            elif kind == "i":
+                cells.append(f"{int(traj[name][t]):>{WIDTH[kind]}d}")
+            else:
+                cells.append(f"{traj[name][t]:>{WIDTH[kind]}.4g}")
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def format_summary(traj, analysis) -> str:
+    """The SPEC §5 read-outs of a run, one per line."""
+    from . import transitions
+    m, j = traj.meta, analysis.jump
+    g_max = traj.g_max
+    contested = "rank-contested (p_g < p_c at t = 0)" if m.get("rank_contested") else "not rank-contested"
+    verdict = "JUMPS" if analysis.jumps else "no jump"
+    size_min = transitions.JUMP_SIZE * (1.0 - g_max ** 2)
+    if analysis.silent:
+        silent = "yes" + (f" ({', '.join(sorted(analysis.modes))})" if analysis.modes else " (no failure mode)")
+    else:
+        silent = "no"
+
+    def step(t):
+        return "never" if t is None else f"t = {t}"
+
+    rows = [
+        ("pair", f"g = {m['g_word']!r} (p_g0 = {m['p_g0']:.4g}), c = {m['c_word']!r} "
+                 f"(p_c0 = {m['p_c0']:.4g}); {contested}"),
+        ("G_max", f"{g_max:.4g} (G_gc at t = 0; max_(j≠g) G_gj = {m['g_max_other']:.4g})"),
+        ("jump", f"J = {j.ratio:.4g} at t* = {j.t_star}, |ΔΦ_t*| = {j.size:.4g} → {verdict} "
+                 f"(needs J ≥ {transitions.JUMP_RATIO:g}, |ΔΦ_t*| ≥ {size_min:.4g}, t* < {traj.steps - 1})"),
+        ("Born flip", step(analysis.born_flip)),
+        ("rank flip", step(analysis.rank_flip)),
+        ("silent", silent),
+        ("diverged_at", "none" if traj.diverged_at is None else str(traj.diverged_at)),
+    ]
+    if m.get("stopped_at") is not None:  # an early-stop policy of dynamics.run ended the run
+        rows.append(("stopped_at", f"t = {m['stopped_at']} (stop = {m.get('stop')!r})"))
+    return "\n".join(f"{k:<12}{v}" for k, v in rows)
+
+
+def analysis_dict(analysis) -> dict:
+    """JSON-able form of a :class:`phantom.transitions.Analysis`."""
+    d = dataclasses.asdict(analysis)
+    d["modes"] = sorted(analysis.modes)
+    return d
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name fragment of a model name, hub id or path ('/' and other odd characters → '_')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "model"
+    if len(safe) > limit:  # long paths: keep the informative end, stay unique with a short hash
+        safe = safe[-(limit - 9):].lstrip("._-") + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return safe
+
+
+def lr_tag(lr: float) -> str:
+    """Lossless, compact learning-rate tag: 2e-05 → '2e-5', 0.001 → '0.001'."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", repr(float(lr))).replace("e+", "e")
+
+
+def output_stem(model: str, context: str, mode: str, lr: float, steps: int, seed: int) -> str:
+    """``<model>_<context>_<mode>_lr<lr>``, plus ``_T<steps>`` / ``_seed<seed>`` when not the defaults."""
+    stem = f"{safe_name(model)}_{context}_{mode}_lr{lr_tag(lr)}"
+    if steps != 30:
+        stem += f"_T{steps}"
+    if seed != 0:
+        stem += f"_seed{seed}"
+    return stem
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to a temporary file next to ``path``, then rename it into place."""
+    text = json.dumps(obj, indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_model(name: str) -> None:
+    """Fail fast (before any long work) on a model name that cannot be loaded."""
+    if name in zoo.OFFLINE or Path(name).is_dir():
+        return
+    try:  # a hub id already in the local cache: its config loads without the weights
+        from transformers import AutoConfig
+        AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        raise CliError(f"unknown model {name!r}: not an offline zoo name ({', '.join(zoo.OFFLINE)}), "
+                       f"nor an existing local directory, nor a hub id in the local cache") from None
+
+
+def check_device(device: str, no_store: bool) -> None:
+    import torch
+    try:
+        torch.empty(0, device=torch.device(device))
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, …
+        raise CliError(f"device {device!r} is not usable: {err}") from None
+    if torch.device(device).type != "cpu" and not no_store:
+        raise CliError(f"--device {device} needs --no-store: the run store holds CPU runs only")
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="NAME",
+                   help=f"offline zoo name ({', '.join(zoo.OFFLINE)}), a local model directory, "
+                        "or a Hugging Face id already in the local cache (required)")
+    p.add_argument("--context", required=True, choices=list(contexts.BY_ID), metavar="ID",
+                   help=f"context id, one of: {', '.join(contexts.BY_ID)} (required)")
+    p.add_argument("--mode", required=True, choices=MODES,
+                   help="full fine-tuning or LoRA (rank 8, query/value projections) (required)")
+    p.add_argument("--lr", required=True, type=_positive_float, metavar="LR",
+                   help="constant AdamW learning rate, a positive finite number (required)")
+    p.add_argument("--steps", type=_positive_int, default=30, metavar="T",
+                   help="number of updates T, at least 1 (default: %(default)s)")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="torch seed (default: %(default)s)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="directory for the JSON and PNG outputs (default: ./%(default)s)")
+    p.add_argument("--no-store", action="store_true",
+                   help="fine-tune directly instead of reading/writing the shared run store "
+                        "($PHANTOM_RUNS, else ~/.cache/phantom/runs) (default: use the store)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the run (a non-cpu device needs --no-store) "
+                        "(default: %(default)s)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import dynamics, store, transitions
+    from .plots import plot_trajectory
+
+    clock = _Clock()
+    context = contexts.get(args.context)
+    check_device(args.device, args.no_store)
+    check_model(args.model)
+    what = f"fine-tuning {args.steps} steps ({args.mode}, lr={args.lr:g}, seed={args.seed})"
+    if args.no_store:
+        loaded = _Loader(clock, always=True)(args.model)
+        clock(f"orienting {context.id!r} …")
+        pair = contexts.orient(context, loaded)
+        clock(f"{what} on {args.device} …")
+        traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                            seed=args.seed, device=args.device, pair=pair)
+        source = "computed (--no-store)"
+    else:
+        clock(f"checking model {args.model} (run store: {store.default_root()}) …")
+        store.weights_sha256(args.model)
+        loader = _Loader(clock)
+        clock(f"orienting {context.id!r} …")
+        pair = store.orientation(args.model, context, loader=loader)
+        clock(f"{what}, unless already in the run store …")
+        before = loader.calls
+        traj = store.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                                seed=args.seed, loader=loader)
+        source = "run store (computed now)" if loader.calls > before else "run store (cached)"
+    if source == "run store (cached)":
+        clock("done: from store")
+    else:
+        clock(f"done: fine-tuning took {traj.meta.get('wall_s', float('nan')):.1f}s")
+
+    analysis = transitions.analyse(traj)
+    print(format_table(traj))
+    print()
+    print(format_summary(traj, analysis))
+    print(f"{'source':<12}{source}")
+
+    out = Path(args.out)
+    stem = output_stem(args.model, context.id, args.mode, args.lr, args.steps, args.seed)
+    json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, {**traj.to_dict(), "analysis": analysis_dict(analysis),
+                                      "source": source})
+        plot_trajectory(traj, png_path, analysis)
+    except OSError as err:
+        raise CliError(f"cannot write the outputs to {out}: {err}") from None
+    print(f"{'wrote':<12}{json_path}")
+    print(f"{'':<12}{png_path}", flush=True)
+    return 0
+
+
+# --- the command table ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: ``configure(parser)`` adds its options, ``handler(args)`` runs it."""
+
+    help: str
+    description: str
+    epilog: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        help="fine-tune a model on one context and report its trajectory",
+        description="Fine-tune a pristine copy of a model on one context (SPEC §4) and print the\n"
+                    "per-step table (t, loss, p_g, p_c, Φ, S, D, γ, B, Δz, ranks) and the SPEC §5\n"
+                    "read-outs (jump ratio J, Born and rank flips, silent failure, divergence).\n"
+                    "The run comes from the shared run store (computed once, then reused) unless\n"
+                    "--no-store is given. Writes <out>/<model>_<context>_<mode>_lr<lr>.json (the\n"
+                    "trajectory and its analysis; _T<steps>/_seed<seed> are appended when not the\n"
+                    "defaults) and a PNG plot next to it. Stage lines go to stderr.",
+        epilog="example:\n  python -m phantom run --model smollm2-135m --context longing --mode full --lr 2e-5",
+        configure=configure_run,
+        handler=cmd_run,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, formatter_class=_Formatter,
+        description="Phantom transitions in language-model fine-tuning: executable tests on real\n"
+                    "pretrained LMs. Run `phantom <command> --help` for a command's options.",
+        epilog="example:\n  python -m phantom run --model smollm2-135m --context longing --mode full --lr 2e-5")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="<command>", required=True)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.description, epilog=cmd.epilog,
+                           formatter_class=_Formatter)
+        cmd.configure(p)
+        p.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (usage errors and --help raise SystemExit)."""
+    if (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "") != "utf8" \
+            and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # Φ, γ, Δz on a non-UTF-8 terminal
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CliError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable, ValueError) as err:
+        _error(str(err))
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130

@@ -1,0 +1,257 @@
+"""Fine-tuning dynamics: one context, per-step trajectory (SPEC §4).
+
+``run`` fine-tunes a pristine copy of a loaded model on one context (cross-entropy of
+``g`` at the last position, AdamW, constant LR, fp32, seeded) under full fine-tuning or
+LoRA, and records every SPEC §2 quantity at ``t = 0..T`` from the training forward
+itself: the logits it returns and the LM-head input captured by a hook. The only extra
+forward is the no-grad one that reads the final state ``t = T``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import contexts as ctx
+from . import geometry
+from .trajectory import SERIES, Trajectory
+
+PROTOCOL_VERSION = 1
+BETAS, EPS = (0.9, 0.999), 1e-8           # SPEC §4 AdamW, weight decay 0, no warm-up, no clipping
+LORA_RANK, LORA_ALPHA = 8, 16             # SPEC §4 LoRA, dropout 0
+LORA_TARGETS = {                          # the attention query and value projections
+    "llama": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"), "gemma3": ("q_proj", "v_proj"),
+    "gemma2": ("q_proj", "v_proj"), "gemma": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",),
+}
+MODES = ("full", "lora")
+STOPS = ("never", "saturated", "born_flip")
+SATURATION_EPS = 1e-4   # stop="saturated": after both flips, once p_g ≥ 1 − ε (Φ then moves ≤ ~3ε more)
+
+
+def lora_targets(model_type: str) -> tuple[str, ...]:
+    """Query/value projection module names for an architecture (SPEC §4)."""
+    try:
+        return LORA_TARGETS[model_type]
+    except KeyError:
+        raise ValueError(f"no LoRA query/value targets known for architecture {model_type!r}; "
+                         f"known: {', '.join(sorted(LORA_TARGETS))}") from None
+
+
+def _validate(mode: str, lr: float, steps: int, stop: str) -> None:
+    if stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
+    """A pristine trainable copy of ``loaded.model`` on ``device`` (LoRA-wrapped for ``"lora"``)."""
+    torch.manual_seed(seed)
+    # eval(): no dropout (GPT-2 configs carry 0.1), so the training forward that the probe
+    # reads is the state itself, deterministic and equal to the orientation's (gradients flow).
+    model = copy.deepcopy(loaded.model).to(device).eval()
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
+                            target_modules=list(lora_targets(model.config.model_type)))
+        model = get_peft_model(model, config)
+        frozen = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+        assert not any(w.requires_grad for w in frozen), "LoRA must freeze the embedding and LM head"
+    else:
+        model.requires_grad_(True)
+    return model
+
+
+def optimizer(model, lr: float) -> torch.optim.AdamW:
+    """SPEC §4 AdamW over the trainable parameters (fused kernel: 2× faster on CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0, fused=True)
+
+
+class _HeadInput:
+    """Forward hook keeping ``h``, the LM head's input at the last position (d,)."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.h = None
+        self._handle = head.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.h = args[0][0, -1].detach()
+
+    def remove(self):
+        self._handle.remove()
+
+
+def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (``torch.equal`` alone treats -0.0 == 0.0)."""
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@dataclass
+class _Probe:
+    """Per-run instrumentation state: pair, frozen references and (LoRA) the fixed Ψ."""
+
+    g: int
+    c: int
+    E: torch.Tensor                   # live input embedding weight (V, d)
+    U: torch.Tensor | None            # live untied output matrix, None when tied
+    E0: torch.Tensor
+    U0: torch.Tensor | None
+    psi: torch.Tensor | None = None   # fixed Ψ under LoRA; recomputed per step under full FT
+
+    def record(self, z: torch.Tensor, h: torch.Tensor, loss: float) -> dict[str, float]:
+        """Every SPEC §2 quantity of the current state from the training forward's ``z``, ``h``."""
+        g, c = self.g, self.c
+        E = self.E.detach()
+        psi = self.psi if self.psi is not None else geometry.normalize_rows(E)
+        p = torch.softmax(z.to(torch.float64), dim=-1)                    # (V,)
+        gap = geometry.born_gap(p, psi, g, c)
+        gamma = geometry.purity(p, psi)
+        g_gc = float(psi[g].to(torch.float64) @ psi[c].to(torch.float64))
+        xi = geometry.localisation_length(gamma)
+        embed_equal = _bitwise_equal(E, self.E0)
+        return {
+            "loss": loss, "p_g": float(p[g]), "p_c": float(p[c]),
+            "rank_g": float((z > z[g]).sum() + 1), "rank_c": float((z > z[c]).sum() + 1),
+            "phi": gap.phi, "signal": gap.signal, "drag": gap.drag,
+            "purity": gamma, "pr": 1.0 / gamma, "xi": xi, "burial": geometry.burial_depth(xi, g_gc),
+            "dz": float(z[g] - z[c]),
+            "a_g": float(psi[g].to(torch.float64) @ h.to(torch.float64)),
+            "a_c": float(psi[c].to(torch.float64) @ h.to(torch.float64)),
+            "g_gc": g_gc, "max_de": 0.0 if embed_equal else float((E - self.E0).abs().max()),
+            "embed_equal": float(embed_equal),
+            "head_equal": float(embed_equal if self.U is None else _bitwise_equal(self.U.detach(), self.U0)),
+        }
+
+
+def _probe(model, mode: str, g: int, c: int) -> _Probe:
+    E = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    U = None if head.data_ptr() == E.data_ptr() else head
+    probe = _Probe(g, c, E, U, E.detach().clone(), None if U is None else U.detach().clone())
+    if mode == "lora":
+        probe.psi = geometry.normalize_rows(E.detach())
+    return probe
+
+
+def _step_zero_geometry(probe: _Probe) -> tuple[float, float]:
+    """``(G_gc, max_{j≠g} G_gj)`` at step 0 (SPEC §2 G_max)."""
+    psi = probe.psi if probe.psi is not None else geometry.normalize_rows(probe.E.detach())
+    col = (psi @ psi[probe.g]).to(torch.float64)
+    col[probe.g] = -math.inf
+    return float(col[probe.c]), float(col.max())
+
+
+def _should_stop(stop: str, rows: list[dict]) -> bool:
+    """The ``stop`` policy of :func:`run` applied to the steps recorded so far."""
+    born = any(r["phi"] > 0 for r in rows)
+    if stop == "born_flip":
+        return born
+    return (stop == "saturated" and born and any(r["p_g"] > r["p_c"] for r in rows)
+            and rows[-1]["p_g"] >= 1.0 - SATURATION_EPS)
+
+
+def run(loaded, context, *, mode: str, lr: float, steps: int = 30, seed: int = 0,
+        device: str | torch.device = "cpu", pair: ctx.Pair | None = None, stop: str = "never") -> Trajectory:
+    """Fine-tune on one context and record ``t = 0..T`` (SPEC §4).
+
+    Parameters
+    ----------
+    loaded : phantom.zoo.Loaded
+        The model is copied; ``loaded.model`` itself is never modified.
+    context : Context or str
+        A SPEC §3 context (or its id).
+    mode : {"full", "lora"}
+    lr : float
+        Constant AdamW learning rate.
+    steps : int
+        Number of updates T.
+    seed : int
+        Seeds torch before copying/wrapping the model.
+    device : str or torch.device
+        Where every tensor of the run lives (CPU by default).
+    pair : Pair, optional
+        A precomputed orientation (:func:`phantom.contexts.orient`); computed if omitted.
+    stop : {"never", "saturated", "born_flip"}
+        ``"saturated"`` ends the run early once it can no longer change a SPEC §5 verdict:
+        both the Born and the rank flip have happened and ``p_g ≥ 1 − 1e-4`` (so Φ is within
+        ~3e-4 of its ceiling ``1 − G_gc²``). ``"born_flip"`` ends it at the first ``Φ_t > 0``
+        (all a critical-LR probe needs). Recorded as ``meta["stopped_at"]``.
+
+    Returns
+    -------
+    Trajectory
+        Series of length T + 1, or ``diverged_at`` when a state became non-finite (NaN/inf
+        loss or logits), in which case the series stop just before that step.
+    """
+    _validate(mode, lr, steps, stop)
+    context = ctx.get(context) if isinstance(context, str) else context
+    pair = pair or ctx.orient(context, loaded)
+    model = prepare(loaded, mode, seed, device)
+    opt = optimizer(model, lr)
+    probe = _probe(model, mode, pair.g_id, pair.c_id)
+    g_max, g_max_other = _step_zero_geometry(probe)
+    ids = ctx.encode(context, loaded.tokenizer).to(device)
+    target = torch.tensor([pair.g_id], device=device)
+    hook = _HeadInput(model.get_output_embeddings())
+    rows, diverged_at, stopped_at, start = [], None, None, time.perf_counter()
+    try:
+        for t in range(steps + 1):
+            with torch.set_grad_enabled(t < steps):
+                z = model(ids, logits_to_keep=1).logits[0, -1]     # (V,) the training forward
+                loss = F.cross_entropy(z[None].float(), target)
+            if not (torch.isfinite(loss) and torch.isfinite(z).all()):
+                diverged_at = t
+                break
+            with torch.no_grad():
+                rows.append(probe.record(z.detach(), hook.h, float(loss)))
+            if t < steps and _should_stop(stop, rows):
+                stopped_at = t
+                break
+            if t < steps:
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    finally:
+        hook.remove()
+    series = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in SERIES}
+    meta = {
+        "model": loaded.info.name, "weights_sha256": loaded.info.weights_sha256,
+        "context": context.id, "text": context.text, "g_word": pair.g_word, "c_word": pair.c_word,
+        "g_id": pair.g_id, "c_id": pair.c_id, "p_g0": pair.p_g0, "p_c0": pair.p_c0,
+        "rank_contested": pair.rank_contested, "mode": mode, "lr": lr, "steps": steps, "seed": seed,
+        "g_max": g_max, "g_max_other": g_max_other, "diverged_at": diverged_at,
+        "stop": stop, "stopped_at": stopped_at,
+        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "protocol_version": PROTOCOL_VERSION, "device": str(device),
+        "wall_s": time.perf_counter() - start,
+    }
+    return Trajectory(series, meta)
+
+
+def blind_r(loaded, context, pair: ctx.Pair) -> dict[str, float]:
+    """Step-0 ``r = ∇_θΔz · sign(−∇_θL)`` under full fine-tuning (SPEC §5 blind predictor).
+
+    Adam's first update is ``−η·sign(∇L)``, so one step moves ``Δz`` by about ``η·r``. Two
+    backward passes on a pristine copy, no update. Returns ``{"r": r, "dz0": Δz_0}``.
+    """
+    context = ctx.get(context) if isinstance(context, str) else context
+    model = prepare(loaded, "full", seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    z = model(ctx.encode(context, loaded.tokenizer), logits_to_keep=1).logits[0, -1]
+    loss = F.cross_entropy(z[None].float(), torch.tensor([pair.g_id]))
+    dz = z[pair.g_id] - z[pair.c_id]
+    grad_loss = torch.autograd.grad(loss, params, retain_graph=True)
+    grad_dz = torch.autograd.grad(dz, params)
+    r = math.fsum(float((gd.double() * torch.sign(-gl).double()).sum()) for gd, gl in zip(grad_dz, grad_loss))
+    return {"r": r, "dz0": float(dz)}

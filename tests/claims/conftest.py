@@ -1,0 +1,130 @@
+"""Claim × model machinery (scikit-learn's ``parametrize_with_checks`` for SPEC §6).
+
+- ``model`` / ``campaign``: per-model claims are parametrised over the session's models.
+- ``zoo``: the campaigns of every model, for the cross-model claims.
+- ``judge(verdict)``: records the verdict and turns it into the test outcome —
+  reproduced → pass; not reproduced → fail, unless ``expected.toml`` lists that
+  (claim, model) as not reproduced (then a strict xfail: a flip either way fails);
+  not testable → skip with the reason.
+- The controller collects the verdicts from every xdist worker (``user_properties``) and
+  writes CLAIMS.md once at the end (``pytest_sessionfinish``).
+"""
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from phantom import campaign as cmp
+from phantom import claims, store, zoo as zoo_mod
+from phantom import report as claims_md
+
+EXPECTED = Path(__file__).with_name("expected.toml")
+_VERDICTS: list[claims.Verdict] = []
+_RUNS: list[bool] = []          # per planned run: computed in this session?
+_START = time.time()
+
+
+def session_models(config) -> tuple[str, ...]:
+    models = config.getoption("--models")
+    if models:
+        return tuple(m.strip() for m in models.split(",") if m.strip())
+    return cmp.zoo_models(config.getoption("--zoo"), config.getoption("--budget"))
+
+
+def expected_not_reproduced() -> dict[tuple[str, str], dict]:
+    """(claim, model) → entry of expected.toml (measured value and reason)."""
+    entries = tomllib.loads(EXPECTED.read_text(encoding="utf-8")).get("not_reproduced", [])
+    out = {}
+    for e in entries:
+        if e.get("claim") not in claims.BY_ID or not e.get("model") or not e.get("reason"):
+            raise pytest.UsageError(f"{EXPECTED.name}: every entry needs a known claim, a model and a reason: {e}")
+        out[(e["claim"], e["model"])] = e
+    return out
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for model in session_models(config):
+        if model not in zoo_mod.OFFLINE and not Path(model).is_dir():
+            try:
+                store.weights_sha256(model)
+            except zoo_mod.UnknownModel as err:
+                raise pytest.UsageError(str(err)) from None
+
+
+def pytest_generate_tests(metafunc):
+    if "model" in metafunc.fixturenames:
+        metafunc.parametrize("model", session_models(metafunc.config), scope="session")
+
+
+@pytest.fixture(scope="session")
+def budget(request) -> str:
+    return request.config.getoption("--budget")
+
+
+@pytest.fixture(scope="session")
+def campaign(model, budget) -> cmp.Campaign:
+    return cmp.Campaign(model, cmp.plan_for(budget, model))
+
+
+@pytest.fixture(scope="session")
+def zoo(request, budget) -> list[cmp.Campaign]:
+    return [cmp.Campaign(m, cmp.plan_for(budget, m)) for m in session_models(request.config)]
+
+
+@pytest.fixture
+def judge(record_property):
+    """Record a verdict and make it the test's outcome (see module docstring)."""
+    expected = expected_not_reproduced()
+
+    def _judge(verdict: claims.Verdict) -> None:
+        record_property("verdict", json.dumps(verdict.__dict__, default=str))
+        listed = expected.get((verdict.claim, verdict.model))
+        if verdict.status == claims.NOT_TESTABLE:
+            pytest.skip(f"{verdict.claim} not testable on {verdict.model}: {verdict.value}")
+        if listed and verdict.status == claims.NOT_REPRODUCED:
+            pytest.xfail(f"not reproduced, as expected: {verdict.value} — {listed['reason']}")
+        if listed:
+            pytest.fail(f"verdict flipped: {verdict.claim} on {verdict.model} is listed as not reproduced "
+                        f"in expected.toml but now reproduces: {verdict.value}")
+        if verdict.status == claims.NOT_REPRODUCED:
+            pytest.fail(f"{verdict.claim} not reproduced on {verdict.model}: {verdict.value}")
+
+    return _judge
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Runs in the controller for every report, including those relayed from xdist workers."""
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "verdict":
+            d = json.loads(value)
+            _VERDICTS.append(claims.Verdict(d["claim"], d["model"], d["status"], d["value"], int(d["n"]),
+                                            d.get("details") or {}))
+        elif name == "run_computed":
+            _RUNS.append(bool(value))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput") or not _VERDICTS:
+        return            # workers report to the controller; unit-test sessions write nothing
+    config = session.config
+    models = session_models(config)
+    figures = {}
+    try:
+        from phantom import figures as fig
+        figures = fig.draw(models, config.getoption("--budget"), Path(config.rootpath) / "docs" / "figures")
+    except Exception as err:  # a figure problem must not hide the verdict table
+        figures = {f"figures failed: {err}": ""}
+    meta = claims_md.Session(
+        zoo=config.getoption("--models") and "custom" or config.getoption("--zoo"),
+        budget=config.getoption("--budget"),
+        models={m: store.weights_sha256(m) for m in models}, versions=store.versions(),
+        wall_s=time.time() - _START, runs_computed=sum(_RUNS), runs_total=len(_RUNS),
+        reductions={m: cmp.plan_for(config.getoption("--budget"), m).reductions for m in models},
+        figures={k: str(Path(v).relative_to(config.rootpath)) if v else v for k, v in figures.items()})
+    claims_md.write(Path(config.rootpath) / config.getoption("--claims-md"), _VERDICTS, meta)

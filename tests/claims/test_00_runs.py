@@ -1,0 +1,46 @@
+"""The runs every claim reads, computed once into the shared run store (SPEC §4).
+
+Listed first so that pytest-xdist spreads the expensive fine-tuning over the workers; the
+claim tests then read the same runs from the store. Each item checks the run's integrity.
+"""
+import numpy as np
+import pytest
+
+from phantom import campaign as cmp
+from phantom import contexts
+from phantom.trajectory import SERIES
+
+
+def _planned(config):
+    from conftest import session_models  # tests/claims/conftest.py
+    budget = config.getoption("--budget")
+    for model in session_models(config):
+        plan = cmp.plan_for(budget, model)
+        full = sorted(set(plan.sweep) | set(plan.saturation) | {cmp.ETA_REF})
+        lora = sorted(set(plan.lora) | {cmp.LORA_REF})
+        for mode, lrs in (("full", full), ("lora", lora)):
+            for lr in lrs:
+                for c in contexts.CONTEXTS:
+                    yield pytest.param(model, mode, lr, c.id, id=f"{model}-{mode}-{lr:g}-{c.id}")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.function.__name__ == "test_run":
+        metafunc.parametrize("model,mode,lr,context", list(_planned(metafunc.config)))
+
+
+def test_run(model, mode, lr, context, budget, record_property):
+    camp = cmp.Campaign(model, cmp.plan_for(budget, model))
+    if context in camp.unusable:
+        pytest.skip(camp.unusable[context])
+    before = camp.store.computed
+    traj = camp.run(mode, lr, context)
+    record_property("run_computed", camp.store.computed > before)
+    n = len(traj["phi"])
+    assert traj.meta["context"] == context and traj.meta["mode"] == mode and traj.meta["lr"] == lr
+    assert all(np.isfinite(traj[k]).all() for k in SERIES), "a recorded series is not finite"
+    if traj.diverged_at is None and traj.meta["stopped_at"] is None:
+        assert n == camp.plan.steps + 1
+    else:
+        assert n == (traj.diverged_at if traj.diverged_at is not None else traj.meta["stopped_at"] + 1)
+    assert traj["phi"][0] < 0, "orientation: every run starts contested in Φ (SPEC §3)"

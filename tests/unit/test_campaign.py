@@ -1,0 +1,276 @@
+"""Unit tests of phantom.campaign: budgets, plans and the runs a Campaign requests.
+
+No model is loaded and nothing is fine-tuned: ``store.orientation`` and
+``store.trajectory`` are replaced by fakes that return synthetic data and record calls.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from phantom import campaign, contexts, store, zoo
+from phantom.campaign import ETA_REF, LORA_REF, Campaign, Plan, plan_for, zoo_models
+from phantom.trajectory import SERIES, Trajectory
+
+SPEC_SWEEP = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5)
+SPEC_EXTENDED = (2e-7, 5e-7, 1e-6)
+SPEC_LORA = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+ALL_CONTEXTS = [c.id for c in contexts.CONTEXTS]
+ALL_MODELS = sorted(set(campaign.ZOOS["offline-full"]) | set(campaign.ZOOS["paper"]) | {"/some/local/dir"})
+
+
+# --- zoo_models -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("zoo_name, budget, models", [
+    ("offline", "quick", ("smollm2-135m",)),
+    ("offline", "standard", ("smollm2-135m", "gemma3-270m")),
+    ("offline", "full", ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")),
+    *[("paper", b, ("distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM-360M",
+                    "EleutherAI/pythia-70m", "EleutherAI/pythia-410m")) for b in ("quick", "standard", "full")],
+])
+def test_zoo_models(zoo_name, budget, models):
+    assert zoo_models(zoo_name, budget) == models
+
+
+def test_offline_zoo_models_are_offline_models():
+    assert set(zoo_models("offline", "full")) <= set(zoo.OFFLINE)
+
+
+@pytest.mark.parametrize("zoo_name, budget", [("offline-full", "standard"), ("custom", "quick"), ("", "full"),
+                                              ("Offline", "quick"), ("offline", "medium"), ("paper", ""),
+                                              ("offline", "Full"), ("nope", "nope")])
+def test_zoo_models_rejects_bad_zoo_or_budget(zoo_name, budget):
+    with pytest.raises(ValueError):
+        zoo_models(zoo_name, budget)
+
+
+# --- Plan / plan_for --------------------------------------------------------------------
+
+def test_default_plan_is_spec():
+    p = Plan()
+    assert p.sweep == SPEC_SWEEP and p.extended == SPEC_EXTENDED and p.lora == SPEC_LORA
+    assert p.steps == 30 and p.eta_c is True and p.reductions == ()
+    assert ETA_REF == 2e-5 and ETA_REF in p.sweep and LORA_REF == 1e-3 and LORA_REF in p.lora
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_full_budget_is_the_spec_plan(model):
+    p = plan_for("full", model)
+    assert p == Plan()
+    assert p.sweep == SPEC_SWEEP and p.extended == SPEC_EXTENDED and p.lora == SPEC_LORA
+    assert p.steps == 30 and p.eta_c is True and p.reductions == ()
+
+
+def _departures(p: Plan) -> list[str]:
+    spec = Plan()
+    return [f.name for f in dataclasses.fields(Plan)
+            if f.name != "reductions" and getattr(p, f.name) != getattr(spec, f.name)]
+
+
+@pytest.mark.parametrize("budget", ["quick", "standard"])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_reduced_plans_name_their_reductions(budget, model):
+    p = plan_for(budget, model)
+    if p != Plan():
+        assert p.reductions, f"{budget}/{model} departs from SPEC in {_departures(p)} without naming it"
+    assert len(p.reductions) >= len(_departures(p))
+    assert all(isinstance(r, str) and r for r in p.reductions)
+    # the reference LRs and the protocol length are never reduced away
+    assert ETA_REF in p.sweep and LORA_REF in p.lora and p.steps == 30
+
+
+def test_quick_plan():
+    p = plan_for("quick", "smollm2-135m")
+    assert p.sweep == (ETA_REF,) and p.extended == () and p.lora == (LORA_REF,) and not p.eta_c
+    assert p.saturation == () and len(p.reductions) == 4
+
+
+def test_standard_plans():
+    small = plan_for("standard", "smollm2-135m")
+    assert small.sweep == SPEC_SWEEP and small.extended == SPEC_EXTENDED and small.eta_c
+    assert small.lora == (LORA_REF,) and len(small.reductions) == 1
+    gemma = plan_for("standard", "gemma3-270m")
+    assert gemma.sweep == (ETA_REF,) and gemma.extended == () and gemma.lora == (LORA_REF,) and not gemma.eta_c
+    assert len(gemma.reductions) == 4 and any("Gemma-3" in r for r in gemma.reductions)
+
+
+def test_saturation_grid():
+    sat = Plan().saturation
+    assert sat == tuple(sorted(SPEC_SWEEP + SPEC_EXTENDED)) and len(sat) == 8
+    assert sat == (2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5)
+    assert Plan(extended=()).saturation == ()
+    assert Plan(sweep=(2e-5, 1e-6), extended=(1e-6, 2e-7)).saturation == (2e-7, 1e-6, 2e-5)   # union, sorted
+
+
+def test_plan_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Plan().steps = 10
+
+
+# --- Campaign with a faked store ----------------------------------------------------------
+
+UNUSABLE = ("tired", "ancient")
+
+
+class FakeStore:
+    """Stands in for ``phantom.store.orientation`` / ``trajectory``; records every call."""
+
+    def __init__(self, unusable=UNUSABLE):
+        self.unusable = set(unusable)
+        self.orientation_calls = []
+        self.trajectory_calls = []
+
+    def orientation(self, model, context, *, store, loader):
+        self.orientation_calls.append((model, context.id, store, loader))
+        if context.id in self.unusable:
+            raise contexts.ContextUnusable(f"' {context.pair[0]}' is not a single token")
+        return contexts.Pair(g_id=1, c_id=2, g_word=context.pair[0], c_word=context.pair[1], p_g0=0.1, p_c0=0.2)
+
+    def trajectory(self, model, context, *, mode, lr, steps, stop, store, loader, seed=0):
+        assert isinstance(context, str) and context not in self.unusable
+        self.trajectory_calls.append({"model": model, "context": context, "mode": mode, "lr": lr,
+                                      "steps": steps, "stop": stop, "store": store, "loader": loader})
+        n = steps + 1
+        series = {k: np.zeros(n) for k in SERIES}
+        return Trajectory(series, {"model": model, "context": context, "mode": mode, "lr": lr, "steps": steps,
+                                   "stop": stop, "g_max": 0.5, "rank_contested": True, "diverged_at": None,
+                                   "stopped_at": None})
+
+    def requested(self):
+        return [(c["mode"], c["lr"], c["context"], c["steps"], c["stop"]) for c in self.trajectory_calls]
+
+
+def never_load(name):
+    raise AssertionError(f"the loader must not be called in these tests (asked for {name!r})")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeStore()
+    monkeypatch.setattr(campaign.store, "orientation", f.orientation)
+    monkeypatch.setattr(campaign.store, "trajectory", f.trajectory)
+    return f
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return store.RunStore(tmp_path / "runs")
+
+
+USABLE = [c for c in ALL_CONTEXTS if c not in UNUSABLE]
+
+
+def combos(mode, lrs, steps=30, stop="saturated", ctxs=USABLE):
+    return [(mode, lr, c, steps, stop) for lr in lrs for c in ctxs]
+
+
+def test_usable_and_unusable_split(fake, runs):
+    camp = Campaign("smollm2-135m", Plan(), runs=runs, loader=never_load)
+    assert camp.usable == USABLE
+    assert set(camp.unusable) == set(UNUSABLE)
+    assert camp.unusable["tired"] == "' tired' is not a single token"
+    assert isinstance(camp.orientations["longing"], contexts.Pair)
+    _ = camp.usable, camp.unusable, camp.orientations          # cached: no second pass
+    assert [c[1] for c in fake.orientation_calls] == ALL_CONTEXTS
+    assert all(m == "smollm2-135m" and s is runs and ld is never_load for m, _, s, ld in fake.orientation_calls)
+    assert not (runs.root).exists()                          # nothing written to the real store
+
+
+def test_all_contexts_usable(monkeypatch, runs):
+    f = FakeStore(unusable=())
+    monkeypatch.setattr(campaign.store, "orientation", f.orientation)
+    camp = Campaign("m", runs=runs, loader=never_load)
+    assert camp.usable == ALL_CONTEXTS and camp.unusable == {}
+
+
+def test_default_store_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "shared"))
+    camp = Campaign("m")
+    assert isinstance(camp.store, store.RunStore) and camp.store.root == tmp_path / "shared"
+    assert camp.plan == Plan() and camp.loader is store.SLOT
+
+
+def test_run_passes_plan_steps_stop_store_and_loader(fake, runs):
+    plan = Plan(steps=12, stop="never")
+    camp = Campaign("m", plan, runs=runs, loader=never_load)
+    t = camp.run("full", 5e-6, "longing")
+    assert t.meta["context"] == "longing"
+    camp.run("lora", 1e-3, "purpose", stop="born_flip")
+    assert fake.requested() == [("full", 5e-6, "longing", 12, "never"), ("lora", 1e-3, "purpose", 12, "born_flip")]
+    assert all(c["store"] is runs and c["loader"] is never_load and c["model"] == "m"
+               for c in fake.trajectory_calls)
+
+
+def test_runs_one_per_usable_context(fake, runs):
+    camp = Campaign("m", runs=runs, loader=never_load)
+    out = camp.runs("full", 1e-5)
+    assert [t.meta["context"] for t in out] == USABLE
+    assert fake.requested() == combos("full", [1e-5])
+
+
+@pytest.mark.parametrize("plan", [Plan(), plan_for("quick", "smollm2-135m"), plan_for("standard", "smollm2-135m"),
+                                  plan_for("standard", "gemma3-270m")])
+def test_accessors_request_exactly_the_planned_runs(fake, runs, plan):
+    camp = Campaign("m", plan, runs=runs, loader=never_load)
+
+    def requested(method):
+        fake.trajectory_calls.clear()
+        out = getattr(camp, method)()
+        assert len(out) == len(fake.trajectory_calls)
+        return fake.requested()
+
+    assert requested("sweep") == combos("full", plan.sweep)
+    assert requested("reference") == combos("full", [ETA_REF])
+    assert requested("lora_runs") == combos("lora", plan.lora)
+    assert requested("lora_reference") == combos("lora", [LORA_REF])
+    full_lrs = sorted(set(plan.sweep) | set(plan.saturation))
+    assert requested("all_runs") == combos("full", full_lrs) + combos("lora", plan.lora)
+
+
+def test_all_runs_of_the_spec_plan(fake, runs):
+    camp = Campaign("m", runs=runs, loader=never_load)
+    out = camp.all_runs()
+    assert len(out) == (8 + 5) * len(USABLE)
+    assert sorted({lr for mode, lr, *_ in fake.requested() if mode == "full"}) == list(Plan().saturation)
+    assert sorted({lr for mode, lr, *_ in fake.requested() if mode == "lora"}) == list(SPEC_LORA)
+
+
+def _planned_sets(camp):
+    planned = camp.planned()
+    assert len(planned) == len(set(planned))                        # no run twice
+    modes = [m for m, _, _ in planned]
+    assert modes == sorted(modes)                                   # every full-FT run before LoRA ("full" < "lora")
+    full = {(lr, c) for m, lr, c in planned if m == "full"}
+    lora = {(lr, c) for m, lr, c in planned if m == "lora"}
+    return full, lora
+
+
+def test_planned_full_plan(fake, runs):
+    camp = Campaign("m", runs=runs, loader=never_load)
+    full, lora = _planned_sets(camp)
+    assert full == {(lr, c) for lr in set(SPEC_SWEEP) | set(SPEC_EXTENDED) | {ETA_REF} for c in USABLE}
+    assert lora == {(lr, c) for lr in SPEC_LORA for c in USABLE}
+    assert len(camp.planned()) == (8 + 5) * len(USABLE)
+    assert fake.trajectory_calls == []                              # planning computes nothing
+
+
+@pytest.mark.parametrize("budget, model", [("quick", "smollm2-135m"), ("standard", "smollm2-135m"),
+                                           ("standard", "gemma3-270m")])
+def test_planned_reduced_plans(fake, runs, budget, model):
+    plan = plan_for(budget, model)
+    camp = Campaign(model, plan, runs=runs, loader=never_load)
+    full, lora = _planned_sets(camp)
+    assert full == {(lr, c) for lr in set(plan.sweep) | set(plan.saturation) | {ETA_REF} for c in USABLE}
+    assert lora == {(LORA_REF, c) for c in USABLE}
+
+
+def test_planned_adds_reference_lrs_and_covers_every_accessor(fake, runs):
+    plan = Plan(sweep=(1e-5,), extended=(), lora=(3e-4,))          # neither reference LR in the grids
+    camp = Campaign("m", plan, runs=runs, loader=never_load)
+    full, lora = _planned_sets(camp)
+    assert full == {(lr, c) for lr in (1e-5, ETA_REF) for c in USABLE}
+    assert lora == {(lr, c) for lr in (3e-4, LORA_REF) for c in USABLE}
+    for method in ("sweep", "reference", "lora_runs", "lora_reference", "all_runs"):
+        getattr(camp, method)()
+    requested = {(mode, lr, c) for mode, lr, c, _, _ in fake.requested()}
+    assert requested == set(camp.planned())

@@ -1,0 +1,261 @@
+"""Unit tests of phantom.report: CLAIMS.md rendering, parsing, comparison and atomic write."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from phantom import claims, report
+from phantom.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict
+
+MODELS = {"smollm2-135m": "a" * 64, "gemma3-270m": "b" * 64}
+
+
+def session(**kw):
+    base = dict(zoo="offline", budget="standard", models=dict(MODELS),
+                versions={"torch": "2.13.0", "python": "3.12.3"}, wall_s=750.0, runs_computed=3,
+                runs_total=10, reductions={"smollm2-135m": ("LoRA grid reduced to the reference LR 1e-3",),
+                                           "gemma3-270m": ("full-FT sweep reduced to η_ref = 2e-5",
+                                                           "no saturation grid (C9 without Gemma-3)")})
+    base.update(kw)
+    return report.Session(**base)
+
+
+def sample():
+    return [
+        Verdict("C1", "smollm2-135m", REPRODUCED, "1/4 silent (longing@2e-05)", 4),
+        Verdict("C1", "gemma3-270m", NOT_REPRODUCED, "0/3 silent", 3),
+        Verdict("C2", "gemma3-270m", REPRODUCED, "max |Φ−S−D| = 3.0e-08", 12),
+        Verdict("C2", "smollm2-135m", REPRODUCED, "max |Φ−S−D| = 1.0e-07", 20),
+        Verdict("C3", "smollm2-135m", NOT_TESTABLE, "1 completed run(s) at η_ref", 1),
+        Verdict("C5", "smollm2-135m", NOT_REPRODUCED, "0/8 jump", 8),
+        Verdict("C5", "gemma3-270m", NOT_REPRODUCED, "1/8 jump", 8),
+        Verdict("C5b", "smollm2-135m", REPRODUCED, "0/8 jump; ρ(G_max, J) = +0.10", 8),
+        Verdict("C5b", "gemma3-270m", REPRODUCED, "0/8 jump; ρ(G_max, J) = -0.20", 8),
+        Verdict("C8", "gemma3-270m", NOT_REPRODUCED, "a | b || c |", 5),    # pipes in a value
+        Verdict("C9", "zoo", NOT_TESTABLE, "needs ≥2 models with H_FT, have 1", 1),
+    ]
+
+
+def expected(vs):
+    return {(v.claim, v.model): v.status for v in vs}
+
+
+def table_rows(text):
+    return [line for line in text.splitlines() if re.match(r"\| C\d+b? \|", line)]
+
+
+def gfm_cells(line):
+    """Cells of a GitHub-flavoured-markdown table row (``\\|`` does not split a cell)."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+# --- render -----------------------------------------------------------------------------
+
+def test_render_has_one_row_per_claim():
+    text = report.render(sample(), session())
+    rows = table_rows(text)
+    assert [r.split(" | ")[0].lstrip("| ") for r in rows] == [c.id for c in claims.CLAIMS]
+    by_id = {r.split(" | ")[0].lstrip("| "): r for r in rows}
+    for c in claims.CLAIMS:
+        assert c.name in by_id[c.id] and c.paper in by_id[c.id]
+    assert by_id["C4"].endswith("| — | not run |")          # no verdict for C4
+    assert "`smollm2-135m`: ✅ reproduced<br>`gemma3-270m`: ❌ not reproduced" in by_id["C1"]
+    assert "`smollm2-135m`: 1/4 silent (longing@2e-05) (n=4)" in by_id["C1"]
+    assert "`zoo`: ⏭ not testable" in by_id["C9"]
+
+
+def test_render_rows_are_well_formed_markdown():
+    text = report.render(sample(), session())
+    assert "| id | claim | paper | measured | verdict |" in text
+    for row in table_rows(text):
+        assert len(gfm_cells(row)) == 5, row
+
+
+def test_render_orders_verdicts_by_session_model_order():
+    row = {r.split(" | ")[0].lstrip("| "): r for r in table_rows(report.render(sample(), session()))}["C2"]
+    assert row.index("`smollm2-135m`") < row.index("`gemma3-270m`")
+
+
+def test_render_header_facts():
+    text = report.render(sample(), session())
+    assert text.startswith("# CLAIMS — phantom verdicts\n")
+    assert "- **zoo**: offline; **budget**: standard" in text
+    assert "12.5 min (partly warm store: 3 of 10 planned runs computed in this session)" in text
+    assert "- **versions**: torch 2.13.0, python 3.12.3" in text
+    for m, h in MODELS.items():
+        assert f"  - `{m}`: `{h}`" in text
+    assert "- **protocol reductions** (SPEC §4 otherwise):\n" in text
+    assert "  - `smollm2-135m`: LoRA grid reduced to the reference LR 1e-3" in text
+    assert "  - `gemma3-270m`: full-FT sweep reduced to η_ref = 2e-5" in text
+    assert "  - `gemma3-270m`: no saturation grid (C9 without Gemma-3)" in text
+    assert re.search(r"- \*\*date\*\*: \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
+    assert text.endswith("\n") and "## Figures" not in text
+
+
+@pytest.mark.parametrize("computed, total, words", [(10, 10, "cold store"), (0, 10, "warm store"),
+                                                    (4, 10, "partly warm store"), (0, 0, "warm store")])
+def test_render_store_temperature(computed, total, words):
+    text = report.render([], session(runs_computed=computed, runs_total=total))
+    assert f"({words}: {computed} of {total} planned runs" in text
+
+
+def test_render_without_reductions_and_with_figures():
+    text = report.render([], session(reductions={"smollm2-135m": (), "gemma3-270m": ()},
+                                     figures={"Fig. 3": "docs/figures/fig3.png"}))
+    assert "- **protocol reductions** (SPEC §4 otherwise): none" in text
+    assert "## Figures" in text and "- [Fig. 3](docs/figures/fig3.png)" in text
+    assert len(table_rows(text)) == len(claims.CLAIMS)
+    assert all(r.endswith("| — | not run |") for r in table_rows(text))
+    assert report.verdicts(text) == {}
+
+
+@pytest.mark.parametrize("c5, c5b, words", [
+    ((NOT_REPRODUCED, NOT_REPRODUCED), (REPRODUCED, REPRODUCED), "the data support **C5b**"),
+    ((REPRODUCED, REPRODUCED), (NOT_REPRODUCED, NOT_TESTABLE), "the data support **C5**"),
+    ((REPRODUCED, NOT_REPRODUCED), (REPRODUCED, NOT_REPRODUCED), "the data support **neither** on every model"),
+    (None, None, "the data support **neither** on every model"),
+    ((REPRODUCED, REPRODUCED), (REPRODUCED, REPRODUCED), "both reproduce (?)"),
+])
+def test_render_c5_note(c5, c5b, words):
+    vs = []
+    for claim, statuses in (("C5", c5), ("C5b", c5b)):
+        vs += [Verdict(claim, m, s, "x", 1) for m, s in zip(MODELS, statuses or ())]
+    text = report.render(vs, session())
+    assert "**C5 vs C5b.**" in text and f"Measured here: {words}." in text
+
+
+def test_render_sample_note_names_c5b():
+    assert "Measured here: the data support **C5b**." in report.render(sample(), session())
+
+
+# --- verdicts / compare -----------------------------------------------------------------
+
+def test_verdicts_round_trip():
+    vs = sample()
+    assert report.verdicts(report.render(vs, session())) == expected(vs)
+
+
+def test_verdicts_round_trip_with_unknown_model_and_pipes():
+    vs = [Verdict("C2", "local/dir", REPRODUCED, "max |Φ−S−D| = 0.0e+00 | x", 1),
+          Verdict("C13", "zoo", NOT_REPRODUCED, "a | `b`: ✅ reproduced |", 2)]
+    text = report.render(vs, session())
+    assert report.verdicts(text) == expected(vs)
+    for row in table_rows(text):
+        assert len(gfm_cells(row)) == 5, row
+
+
+def test_verdicts_of_text_without_table():
+    assert report.verdicts("") == {}
+    assert report.verdicts("# CLAIMS\n\nnothing here | at all | really | no | table |\n") == {}
+
+
+def test_compare_identical_is_empty():
+    text = report.render(sample(), session())
+    assert report.compare(text, text) == []
+    assert report.compare(text, report.render(list(reversed(sample())), session(wall_s=1.0))) == []
+
+
+def test_compare_lists_flipped_absent_and_new_verdicts():
+    old_vs = sample()
+    new_vs = [Verdict(v.claim, v.model, REPRODUCED, v.value, v.n)
+              if (v.claim, v.model) == ("C1", "gemma3-270m") else v for v in old_vs[:-1]]
+    new_vs.append(Verdict("C4", "smollm2-135m", REPRODUCED, "3/3 runs bitwise frozen", 3))
+    diff = report.compare(report.render(old_vs, session()), report.render(new_vs, session()))
+    assert diff == ["C1 gemma3-270m: not reproduced → reproduced",
+                    "C4 smollm2-135m: absent → reproduced",
+                    "C9 zoo: not testable → absent"]
+
+
+# --- main -------------------------------------------------------------------------------
+
+@pytest.fixture
+def files(tmp_path):
+    old, flipped, empty = tmp_path / "old.md", tmp_path / "new.md", tmp_path / "empty.md"
+    report.write(old, sample(), session())
+    vs = [Verdict(v.claim, v.model, NOT_REPRODUCED, v.value, v.n) if v.claim == "C2" else v for v in sample()]
+    report.write(flipped, vs, session())
+    empty.write_text("# CLAIMS\n\nno table\n", encoding="utf-8")
+    return str(old), str(flipped), str(empty)
+
+
+def test_main_identical_returns_0(files, capsys):
+    old, _, _ = files
+    assert report.main(["compare", old, old]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(sample())} verdicts compared, 0 changed" in out and "verdict changed" not in out
+
+
+def test_main_flipped_returns_1(files, capsys):
+    old, new, _ = files
+    assert report.main(["compare", old, new]) == 1
+    out = capsys.readouterr().out
+    assert "verdict changed: C2 gemma3-270m: reproduced → not reproduced" in out
+    assert "verdict changed: C2 smollm2-135m: reproduced → not reproduced" in out
+    assert f"{len(sample())} verdicts compared, 2 changed" in out
+
+
+@pytest.mark.parametrize("argv", [[], ["compare"], ["compare", "a.md"], ["diff", "a.md", "b.md"],
+                                  ["compare", "a.md", "b.md", "c.md"]])
+def test_main_bad_usage_returns_2(argv, capsys):
+    assert report.main(argv) == 2
+    assert "usage: python -m phantom.report compare OLD.md NEW.md" in capsys.readouterr().err
+
+
+def test_main_old_without_verdicts_is_an_error(files, capsys):
+    old, _, empty = files
+    assert report.main(["compare", empty, old]) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and "no verdicts found" in err and empty in err
+
+
+def test_main_new_without_verdicts_flips_everything(files, capsys):
+    old, _, empty = files
+    assert report.main(["compare", old, empty]) == 1
+    assert f"0 verdicts compared, {len(sample())} changed" in capsys.readouterr().out
+
+
+def test_module_entry_point(files):
+    old, new, _ = files
+    run = lambda *a: subprocess.run([sys.executable, "-m", "phantom.report", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    assert run("compare", old, old).returncode == 0
+    flipped = run("compare", old, new)
+    assert flipped.returncode == 1 and "verdict changed: C2" in flipped.stdout
+    assert run("compare").returncode == 2
+
+
+# --- write ------------------------------------------------------------------------------
+
+def test_write_round_trips_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "CLAIMS.md"
+    report.write(path, sample(), session())
+    assert os.listdir(tmp_path) == ["CLAIMS.md"]
+    text = path.read_text(encoding="utf-8")
+    assert report.verdicts(text) == expected(sample())
+    assert text.splitlines()[0] == "# CLAIMS — phantom verdicts"
+    report.write(path, sample()[:2], session())            # overwrite
+    assert os.listdir(tmp_path) == ["CLAIMS.md"]
+    assert report.verdicts(path.read_text(encoding="utf-8")) == expected(sample()[:2])
+
+
+def test_write_replaces_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "CLAIMS.md"
+    path.write_text("old\n", encoding="utf-8")
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        # the new text is complete in a sibling temp file; the target still holds the old text
+        seen.append((os.path.dirname(src), open(src, encoding="utf-8").read(), open(dst, encoding="utf-8").read()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(report.os, "replace", replace)
+    report.write(path, sample(), session())
+    assert len(seen) == 1
+    src_dir, new_text, old_text = seen[0]
+    assert os.path.samefile(src_dir, tmp_path) and old_text == "old\n"
+    assert report.verdicts(new_text) == expected(sample())
+    assert path.read_text(encoding="utf-8") == new_text
+    assert os.listdir(tmp_path) == ["CLAIMS.md"]
