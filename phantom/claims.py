@@ -201,7 +201,7 @@ def c7_failure_modes(silent_by_model: Mapping[str, Sequence[Trajectory]]) -> Ver
 
 def c8_sweep_separation(model: str, sweep: Sequence[Trajectory]) -> Verdict:
     """C8: one G_max threshold separates jumping from continuous flipping sweep runs."""
-    flipping = [r for r in _completed(sweep) ]
+    flipping = [r for r in _completed(sweep) if transitions.born_flip_step(r["phi"]) is not None]
     jump_g = [r.g_max for r in flipping if transitions.jumps(r)]
     cont_g = [r.g_max for r in flipping if not transitions.jumps(r)]
     if not jump_g or not cont_g:

@@ -15,15 +15,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import contexts, zoo
+from . import contexts, store, zoo
 from .dynamics import MODES
 
 PROG = "phantom"
@@ -107,7 +105,6 @@ class _Loader:
         self.clock, self.calls, self.always = clock, 0, always  # always: announce reuse too
 
     def __call__(self, name: str):
-        from . import store
         self.calls += 1
         if store.SLOT.name != name or self.always:
             self.clock(f"loading model {name} …")
@@ -207,19 +204,8 @@ def output_stem(model: str, context: str, mode: str, lr: float, steps: int, seed
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to a temporary file next to ``path``, then rename it into place."""
-    text = json.dumps(obj, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as JSON atomically (:func:`phantom.store.write_atomic`)."""
+    store.write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def check_model(name: str) -> None:
@@ -290,7 +276,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.weights_sha256(args.model)
         loader = _Loader(clock)
         clock(f"orienting {context.id!r} …")
-        pair = store.orientation(args.model, context, loader=loader)
+        store.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
         clock(f"{what}, unless already in the run store …")
         before = loader.calls
         traj = store.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,

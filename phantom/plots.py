@@ -1,12 +1,12 @@
-"""Plots of a recorded run (CLI output).
+"""Plots: one recorded run (CLI), the representative runs of CLAIMS.md, the laws.
 
 Figures are drawn on an explicit Agg canvas (no pyplot, no display, no global backend
 switch), so importing this module never changes the backend of an interactive session.
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -46,7 +46,6 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
     """
     from .transitions import analyse
     analysis = analysis if analysis is not None else analyse(traj)
-    path = Path(path)
     t = range(len(traj["phi"]))
 
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
@@ -75,14 +74,73 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
     top.set_title(_title(traj, analysis), fontsize=10)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename)."""
+    from .store import write_atomic
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    path = Path(path)
+    write_atomic(path, buffer.getvalue())
     return path
+
+
+def _flip_lines(ax, traj: Trajectory) -> None:
+    from .transitions import born_flip_step
+    flip = born_flip_step(traj["phi"])
+    if flip is not None:
+        ax.axvline(flip, color="C3", ls="--", lw=1.0, label=f"Born flip (t={flip})")
+
+
+def plot_runs(runs: dict[str, Trajectory], series: tuple[str, ...], path: str | os.PathLike,
+              title: str) -> Path:
+    """One panel per run (label → trajectory), each with the given series against t."""
+    fig = Figure(figsize=(4.2 * len(runs), 3.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, (label, traj) in zip(axes, runs.items()):
+        for name in series:
+            ax.plot(range(len(traj[name])), traj[name], label=name, lw=1.4)
+        _flip_lines(ax, traj)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def claims_figures(campaign, outdir: str | os.PathLike) -> dict[str, Path]:
+    """The representative runs linked from CLAIMS.md, from one model's campaign.
+
+    The η_ref context with the largest jump ratio J (the jumping one, if any) and the one
+    with the smallest: their full-FT runs, the same pair under LoRA, and the readout series
+    (Δz, a_g, a_c) of the first, whose smoothness C6 tests.
+    """
+    from .campaign import ETA_REF, LORA_REF
+    from .transitions import jump, jumps
+    outdir = Path(outdir)
+    ref = sorted(campaign.reference(), key=lambda r: jump(r["phi"]).ratio)
+    hi, lo = ref[-1], ref[0]
+
+    def label(r):
+        a = jump(r["phi"])
+        return f"{r.meta['context']} (G_max {r.g_max:.2f}, J {a.ratio:.3g}{', jumps' if jumps(r) else ''})"
+
+    lora = {label(r): r for r in (campaign.run("lora", LORA_REF, t.meta["context"]) for t in (hi, lo))}
+    model = campaign.model
+    return {
+        f"{model}: full FT at η_ref, largest vs smallest J": plot_runs(
+            {label(hi): hi, label(lo): lo}, ("phi", "signal", "drag"), outdir / "full_ft.png",
+            f"{model} full fine-tuning, lr {ETA_REF:g}"),
+        f"{model}: the same pair under LoRA": plot_runs(
+            lora, ("phi", "signal", "drag"), outdir / "lora.png", f"{model} LoRA, lr {LORA_REF:g}"),
+        f"{model}: readout series of the largest-J run (C6)": plot_runs(
+            {label(hi): hi}, ("dz", "a_g", "a_c"), outdir / "readout.png",
+            f"{model} readout through the flip (full FT, lr {ETA_REF:g})"),
+    }

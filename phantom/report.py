@@ -10,7 +10,6 @@ import datetime
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -93,12 +92,8 @@ def render(verdicts: Sequence[Verdict], session: Session) -> str:
 
 def write(path: str | os.PathLike, verdicts: Sequence[Verdict], session: Session) -> None:
     """Write CLAIMS.md atomically."""
-    path = Path(path)
-    text = render(verdicts, session)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp",
-                                     encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
+    from .store import write_atomic
+    write_atomic(path, render(verdicts, session))
 
 
 def verdicts(text: str) -> dict[tuple[str, str], str]:

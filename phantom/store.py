@@ -202,21 +202,24 @@ def _warn_corrupt(path: pathlib.Path, reason: str) -> None:
                   StoreWarning, stacklevel=3)
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either nothing or all of it.
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it.
 
-    The text goes to a temporary file in the same directory, is flushed and
-    fsynced, then renamed over ``path``; the temporary file is removed if
-    anything fails.
+    The data go to a temporary file in the same directory, are flushed and fsynced,
+    then renamed over ``path`` (mode 0644); the temporary file is removed if anything
+    fails. Every file phantom writes goes through here.
     """
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
-                                      prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                      delete=False)
     try:
         with tmp:
-            tmp.write(text)
+            tmp.write(raw)
             tmp.flush()
             os.fsync(tmp.fileno())
+        os.chmod(tmp.name, 0o644)   # NamedTemporaryFile creates 0600
         os.replace(tmp.name, path)
     except BaseException:
         with suppress(FileNotFoundError):
@@ -225,7 +228,7 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 @contextmanager
-def _exclusive_lock(path: pathlib.Path) -> Iterator[None]:
+def exclusive_lock(path: pathlib.Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -333,7 +336,7 @@ class RunStore:
             record = _load(path, h)
             if record is not None:
                 return record["payload"]
-        with _exclusive_lock(self._path(h, ".lock")):
+        with exclusive_lock(self._path(h, ".lock")):
             try:
                 record = _load(path, h)
             except _Corrupt as exc:
@@ -360,7 +363,7 @@ class RunStore:
             "payload_sha256": _sha256(payload_text),
             "provenance": _provenance(wall_s),
         }
-        _write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
         self.computed += 1
         return record
 

@@ -14,8 +14,6 @@ against the manifest, and a corrupt entry is rebuilt with a :class:`CacheWarning
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -30,6 +28,8 @@ from typing import Any, Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub at run time
 
 import torch  # noqa: E402
+
+from .store import exclusive_lock  # noqa: E402
 
 MANIFEST = "phantom.json"
 CACHE_FORMAT = 1
@@ -208,17 +208,6 @@ def _build(name: str, spec: OfflineModel, entry: Path) -> None:
         os.replace(out, entry)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _require_packages(name: str, spec: OfflineModel) -> None:
     missing = [m for m in spec.packages if importlib.util.find_spec(m) is None]
     if missing:
@@ -230,7 +219,7 @@ def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tu
     """The verified safetensors cache entry of an offline model, built on first use."""
     spec = OFFLINE[name]
     entry = Path(cache_dir or cache_root()) / "models" / name
-    with _locked(entry.with_name(f".{name}.lock")):
+    with exclusive_lock(entry.with_name(f".{name}.lock")):
         if (entry / MANIFEST).exists():
             try:
                 return entry, _verify_once(entry)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from phantom import campaign as cmp
-from phantom import claims, store, zoo as zoo_mod
+from phantom import claims, plots, store, zoo as zoo_mod
 from phantom import report as claims_md
 
 EXPECTED = Path(__file__).with_name("expected.toml")
@@ -114,17 +114,17 @@ def pytest_sessionfinish(session, exitstatus):
         return            # workers report to the controller; unit-test sessions write nothing
     config = session.config
     models = session_models(config)
-    figures = {}
+    budget = config.getoption("--budget")
     try:
-        from phantom import figures as fig
-        figures = fig.draw(models, config.getoption("--budget"), Path(config.rootpath) / "docs" / "figures")
+        figures = plots.claims_figures(cmp.Campaign(models[0], cmp.plan_for(budget, models[0])),
+                                       Path(config.rootpath) / "docs" / "figures")
     except Exception as err:  # a figure problem must not hide the verdict table
         figures = {f"figures failed: {err}": ""}
     meta = claims_md.Session(
         zoo=config.getoption("--models") and "custom" or config.getoption("--zoo"),
-        budget=config.getoption("--budget"),
+        budget=budget,
         models={m: store.weights_sha256(m) for m in models}, versions=store.versions(),
         wall_s=time.time() - _START, runs_computed=sum(_RUNS), runs_total=len(_RUNS),
-        reductions={m: cmp.plan_for(config.getoption("--budget"), m).reductions for m in models},
+        reductions={m: cmp.plan_for(budget, m).reductions for m in models},
         figures={k: str(Path(v).relative_to(config.rootpath)) if v else v for k, v in figures.items()})
     claims_md.write(Path(config.rootpath) / config.getoption("--claims-md"), _VERDICTS, meta)

@@ -26,11 +26,11 @@ def _planned(config):
 
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_run":
-        metafunc.parametrize("model,mode,lr,context", list(_planned(metafunc.config)))
+        metafunc.parametrize("model_name,mode,lr,context", list(_planned(metafunc.config)))
 
 
-def test_run(model, mode, lr, context, budget, record_property):
-    camp = cmp.Campaign(model, cmp.plan_for(budget, model))
+def test_run(model_name, mode, lr, context, budget, record_property):
+    camp = cmp.Campaign(model_name, cmp.plan_for(budget, model_name))
     if context in camp.unusable:
         pytest.skip(camp.unusable[context])
     before = camp.store.computed

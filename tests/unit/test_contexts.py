@@ -127,9 +127,10 @@ class TestOrientSmolLM2:
                   f"p_c={pair.p_c0:.3e} phi={gap.phi:+.3e} S={gap.signal:+.3e} D={gap.drag:+.3e} "
                   f"{'rank-contested' if pair.rank_contested else ''}")
         print(f"  rank-contested: {len(contested)}/10: {', '.join(contested)}")
-        # Plausibility: Φ mostly follows p (signal), so most pairs are rank-contested, yet the
-        # drag decides some of them; and the pair words are live continuations, not noise.
-        assert len(contested) >= 5
+        # Plausibility: both kinds occur. Where p_g < p_c the signal already makes Φ < 0; the
+        # others are oriented by the drag alone (checked in check_orientation). The pair words
+        # are live continuations, not noise.
+        assert 3 <= len(contested) <= 8
         assert all(max(pair.p_g0, pair.p_c0) > 1e-6 for pair, _ in rows.values())
 
     def test_orient_is_deterministic_and_leaves_the_model_alone(self, smol):
