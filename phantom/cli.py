@@ -308,6 +308,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- `laws` ---------------------------------------------------------------------------
+
+def configure_laws(p: argparse.ArgumentParser) -> None:
+    from .campaign import BUDGETS, ZOOS
+    p.add_argument("--models", default=",".join(ZOOS["offline"]),
+                   help="comma-separated zoo names, hub ids or local dirs (default: %(default)s)")
+    p.add_argument("--budget", default="standard", choices=BUDGETS,
+                   help="which runs each model gets, as in the claim suite (default: %(default)s)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="directory for laws.json and the PNG plots (default: ./%(default)s)")
+
+
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def cmd_laws(args: argparse.Namespace) -> int:
+    from . import campaign as cmp
+    from . import laws, plots
+
+    clock = _Clock()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        check_model(m)
+    campaigns = [cmp.Campaign(m, cmp.plan_for(args.budget, m)) for m in models]
+    clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
+    rows = laws.laws_table(campaigns)
+    clock("done")
+    head = f"{'model':<16}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
+           f"{'LoRA':>6}{'η_c':>10}{'η̂_c':>10}{'error':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r.model[:16]:<16}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_fmt(r.eta_sat, '.3g'):>10}"
+              f"{_fmt(r.h_ft, '.3g'):>8}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
+              f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "laws.json", [dataclasses.asdict(r) for r in rows])
+        written = [out / "laws.json"]
+        for c in campaigns:
+            if c.plan.saturation:
+                written.append(plots.plot_saturation(c, laws.saturation_fits(c),
+                                                     out / f"saturation_{safe_name(c.model)}.png"))
+        written.append(plots.plot_prediction(rows, out / "critical_lr.png"))
+    except OSError as err:
+        raise CliError(f"cannot write the outputs to {out}: {err}") from None
+    print(f"{'wrote':<12}" + f"\n{'':<12}".join(map(str, written)), flush=True)
+    return 0
+
+
 # --- the command table ----------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +386,18 @@ COMMANDS: dict[str, Command] = {
         epilog="example:\n  python -m phantom run --model smollm2-135m --context longing --mode full --lr 2e-5",
         configure=configure_run,
         handler=cmd_run,
+    ),
+    "laws": Command(
+        help="the cross-model laws: bulk class, saturation, H_FT, B_FT, LoRA sufficiency, critical LR",
+        description="Per model: bulk density G²mean, its shape and class (SPEC §2), the saturation\n"
+                    "fit η_sat and reduced field H_FT, the burial depth B_FT, LoRA sufficiency, the\n"
+                    "critical LR η_c and its leave-one-out blind prediction η̂_c (SPEC §5). Runs come\n"
+                    "from the shared run store under the claim suite's budgets (missing ones are\n"
+                    "computed: minutes to hours on a CPU). Writes <out>/laws.json, the saturation fits\n"
+                    "and η̂_c against η_c as PNG.",
+        epilog="example:\n  python -m phantom laws --models smollm2-135m,gemma3-270m",
+        configure=configure_laws,
+        handler=cmd_laws,
     ),
 }
 

@@ -43,7 +43,8 @@ def lora_targets(model_type: str) -> tuple[str, ...]:
                          f"known: {', '.join(sorted(LORA_TARGETS))}") from None
 
 
-def _validate(mode: str, lr: float, steps: int, stop: str) -> None:
+def validate(mode: str, lr: float, steps: int, stop: str = "never") -> None:
+    """Reject a bad run argument with an error naming it (SPEC §4)."""
     if stop not in STOPS:
         raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if mode not in MODES:
@@ -194,7 +195,7 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = 30, seed: int = 0
         Series of length T + 1, or ``diverged_at`` when a state became non-finite (NaN/inf
         loss or logits), in which case the series stop just before that step.
     """
-    _validate(mode, lr, steps, stop)
+    validate(mode, lr, steps, stop)
     context = ctx.get(context) if isinstance(context, str) else context
     pair = pair or ctx.orient(context, loaded)
     model = prepare(loaded, mode, seed, device)
@@ -254,4 +255,4 @@ def blind_r(loaded, context, pair: ctx.Pair) -> dict[str, float]:
     grad_loss = torch.autograd.grad(loss, params, retain_graph=True)
     grad_dz = torch.autograd.grad(dz, params)
     r = math.fsum(float((gd.double() * torch.sign(-gl).double()).sum()) for gd, gl in zip(grad_dz, grad_loss))
-    return {"r": r, "dz0": float(dz)}
+    return {"r": r, "dz0": float(dz.detach())}

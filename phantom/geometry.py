@@ -103,13 +103,23 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
     return BornGap(phi, signal, drag)
 
 
-def _gram(A: torch.Tensor) -> torch.Tensor:
-    """(d, d) float64 ``AᵀA``, accumulated over row chunks of A (V, d)."""
-    out = torch.zeros(A.shape[1], A.shape[1], dtype=torch.float64, device=A.device)
-    for start in range(0, A.shape[0], _CHUNK):
-        block = A[start:start + _CHUNK]
-        out += (block.T @ block).to(torch.float64)
-    return out
+def _gram_sq_norm(A: torch.Tensor, blocks: int = 4) -> float:
+    """``‖AᵀA‖_F²`` for A (V, d) without forming more than the (d, d) Gram's upper blocks.
+
+    The Gram is symmetric, so only its upper column blocks are computed (``(b+1)/2b`` of the
+    work, strided views, no copies); each block accumulates over row chunks in float64.
+    """
+    edges = torch.linspace(0, A.shape[1], blocks + 1).long().tolist()
+    spans = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    total = 0.0
+    for i, (a0, a1) in enumerate(spans):
+        for b0, b1 in spans[i:]:
+            block = torch.zeros(a1 - a0, b1 - b0, dtype=torch.float64, device=A.device)
+            for start in range(0, A.shape[0], _CHUNK):
+                rows = A[start:start + _CHUNK]
+                block += (rows[:, a0:a1].T @ rows[:, b0:b1]).to(torch.float64)
+            total += (1.0 if a0 == b0 else 2.0) * float((block ** 2).sum())
+    return total
 
 
 def purity(p, psi) -> float | torch.Tensor:
@@ -119,7 +129,7 @@ def purity(p, psi) -> float | torch.Tensor:
     if p.ndim == 2:
         return torch.tensor([purity(row, psi) for row in p], dtype=torch.float64)
     A = psi * p.sqrt().to(psi.dtype)[:, None]  # (V, d): rows √p_i ψ_i, so AᵀA = ρ
-    return float((_gram(A) ** 2).sum())
+    return _gram_sq_norm(A)
 
 
 def participation_ratio(p, psi) -> float | torch.Tensor:
@@ -155,7 +165,7 @@ def g2_mean(psi) -> float:
     psi = _matrix(psi)
     V = psi.shape[0]
     diag = (psi.pow(2).sum(1, dtype=torch.float64) ** 2).sum()
-    return float(((_gram(psi) ** 2).sum() - diag) / (V * (V - 1)))
+    return float((_gram_sq_norm(psi) - diag) / (V * (V - 1)))
 
 
 def sample_overlaps(psi, n_pairs: int, seed: int) -> np.ndarray:

@@ -716,3 +716,44 @@ def blind_statistic(campaign) -> BlindQ:
             key, lambda c=context, p=pair: dynamics.blind_r(campaign.loader(campaign.model), c, p))
         dz0[context], r[context] = out["dz0"], out["r"]
     return blind_q(dz0, r, campaign.plan.steps)
+
+
+@dataclass(frozen=True)
+class ModelLaws:
+    """One model's row of the laws table (SPEC §2, §5); None where its plan has no data."""
+
+    model: str
+    g2mean: float
+    shape: str
+    cls: str
+    eta_sat: float | None
+    h_ft: float | None
+    b_ft: float
+    lora_sufficiency: float
+    q: float | None
+    eta_c: float | None
+    eta_hat: float | None = None
+    rel_error: float | None = None
+
+
+def laws_table(campaigns: Sequence) -> list[ModelLaws]:
+    """Every per-model law, then the leave-one-out blind predictions where ≥2 models allow."""
+    rows = {}
+    for c in campaigns:
+        b = bulk(c)
+        eta_sat, h = reduced_field_of(c) if c.plan.saturation else (None, None)
+        rows[c.model] = dict(model=c.model, g2mean=b["g2mean"], shape=b["kind"], cls=b["cls"],
+                             eta_sat=eta_sat, h_ft=h, b_ft=burial_ft(c), lora_sufficiency=lora_sufficiency(c),
+                             q=blind_statistic(c).q if c.plan.eta_c else None, eta_c=None)
+    eligible = {c.model: c for c in campaigns if rows[c.model]["q"] is not None}
+    if len(eligible) >= 2:
+        try:
+            for p in leave_one_out({m: rows[m]["q"] for m in eligible},
+                                   lambda m: critical_lr_of(eligible[m]).eta_c):
+                rows[p.model].update(eta_c=p.eta_c, eta_hat=p.eta_hat, rel_error=p.rel_error)
+        except ValueError:   # some η_c lies outside the grid: no prediction can be scored
+            pass
+    for m, c in eligible.items():
+        if rows[m]["eta_c"] is None:
+            rows[m]["eta_c"] = critical_lr_of(c).eta_c
+    return [ModelLaws(**r) for r in rows.values()]

@@ -144,3 +144,50 @@ def claims_figures(campaign, outdir: str | os.PathLike) -> dict[str, Path]:
             {label(hi): hi}, ("dz", "a_g", "a_c"), outdir / "readout.png",
             f"{model} readout through the flip (full FT, lr {ETA_REF:g})"),
     }
+
+
+def plot_saturation(campaign, fits: dict, path: str | os.PathLike) -> Path:
+    """Measured ``R(η) = Φ_T − Φ_0`` and its fitted saturation curve per context (SPEC §5)."""
+    import numpy as np
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (context, fit) in enumerate(fits.items()):
+        runs = [campaign.run("full", lr, context) for lr in campaign.plan.saturation]
+        etas = [r.meta["lr"] for r in runs]
+        ax.plot(etas, [r["phi"][-1] - r["phi"][0] for r in runs], "o", color=f"C{i % 10}", ms=4)
+        grid = np.geomspace(min(etas), max(etas), 100)
+        ax.plot(grid, fit.r_inf * (1 - np.exp(-grid / fit.eta_sat)), color=f"C{i % 10}", lw=1,
+                label=f"{context} η_sat={fit.eta_sat:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate η (full FT)")
+    ax.set_ylabel("R(η) = Φ_T − Φ_0")
+    ax.set_title(f"{campaign.model}: saturation fits", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_prediction(rows, path: str | os.PathLike) -> Path:
+    """Blind prediction ``η̂_c`` against the measured ``η_c`` (leave-one-out, SPEC §5)."""
+    fig = Figure(figsize=(4.5, 4.5), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    pts = [(r.eta_c, r.eta_hat, r.model) for r in rows if r.eta_c and r.eta_hat]
+    for x, y, name in pts:
+        ax.plot(x, y, "o")
+        ax.annotate(name, (x, y), fontsize=7)
+    if pts:
+        lo = min(min(x, y) for x, y, _ in pts) / 2
+        hi = max(max(x, y) for x, y, _ in pts) * 2
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8, ls="--", label="η̂_c = η_c")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured η_c")
+    ax.set_ylabel("blind prediction η̂_c")
+    ax.set_title("critical learning rate, leave-one-out", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -461,6 +461,7 @@ def trajectory(model: str, context, *, mode: str, lr: float, steps: int = 30, se
     """
     from . import contexts, dynamics
     from .trajectory import Trajectory
+    dynamics.validate(mode, lr, steps, stop)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
     store = store or RunStore()
     pair = orientation(model, context, store=store, loader=loader)

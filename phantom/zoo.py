@@ -9,8 +9,9 @@ and cached as safetensors under ``$PHANTOM_CACHE`` (default ``~/.cache/phantom``
     <cache>/models/<name>/phantom.json   manifest: file sha256s + ModelInfo
 
 An entry is built in a temporary directory and renamed into place (atomic), under a
-file lock so that concurrent processes build it once; every reuse re-hashes the files
-against the manifest, and a corrupt entry is rebuilt with a :class:`CacheWarning`.
+file lock so that concurrent processes build it once; a process re-hashes the files against
+the manifest on first use (and whenever a file changes), and a corrupt entry is rebuilt with
+a :class:`CacheWarning`.
 """
 from __future__ import annotations
 
@@ -165,8 +166,12 @@ def _from_pretrained(source, gguf_file: str | None = None, **model_kwargs):
 def _verify(entry: Path) -> ModelInfo:
     """Re-hash an entry's files against its manifest; raise ValueError naming the defect."""
     manifest = json.loads((entry / MANIFEST).read_text())
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("manifest is not an object with a 'files' table")
     if manifest.get("format") != CACHE_FORMAT:
         raise ValueError(f"manifest format {manifest.get('format')!r} != {CACHE_FORMAT}")
+    if not {"config.json", "model.safetensors"} <= set(manifest["files"]):
+        raise ValueError("manifest does not list config.json and model.safetensors")
     for fname, expected in manifest["files"].items():
         path = entry / fname
         if not path.is_file():
@@ -180,9 +185,13 @@ _VERIFIED: dict[tuple[str, int, int], ModelInfo] = {}
 
 
 def _verify_once(entry: Path) -> ModelInfo:
-    """:func:`_verify`, skipped when this process already verified the same manifest file."""
-    stat = (entry / MANIFEST).stat()
-    token = (str(entry), stat.st_ino, stat.st_mtime_ns)
+    """:func:`_verify`, skipped when this process already verified the same files.
+
+    The memo is keyed on every file's (inode, size, mtime), so a file replaced or rewritten
+    since is re-hashed.
+    """
+    token = (str(entry),) + tuple((p.name, s.st_ino, s.st_size, s.st_mtime_ns)
+                                  for p in sorted(entry.iterdir()) for s in [p.stat()])
     if token not in _VERIFIED:
         _VERIFIED[token] = _verify(entry)
     return _VERIFIED[token]

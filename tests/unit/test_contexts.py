@@ -77,18 +77,29 @@ def test_qwen_longing_unusable_others_usable():
 # --------------------------------------------------------------------------------------
 
 def check_orientation(loaded, context: contexts.Context, psi=None) -> tuple[contexts.Pair, geometry.BornGap]:
-    """Orient, then recompute everything from an independent forward pass (``psi``: Ψ, if at hand)."""
-    pair = contexts.orient(context, loaded)
+    """Orient, then recompute p, Φ and the orientation from the logits of orient's own forward pass.
+
+    A forward hook captures the model's input ids and logits (one forward per context, not
+    two); ``psi`` is Ψ if the caller has it at hand.
+    """
     tok, model = loaded.tokenizer, loaded.model
+    seen = []
+    hook = model.register_forward_hook(lambda mod, args, kwargs, out: seen.append((args, kwargs, out)),
+                                       with_kwargs=True)
+    try:
+        pair = contexts.orient(context, loaded)
+    finally:
+        hook.remove()
+    assert len(seen) == 1, "orient runs exactly one forward pass"
+    args, kwargs, out = seen[0]
+    ids = args[0] if args else kwargs["input_ids"]
+    assert torch.equal(ids, tok(context.text, return_tensors="pt").input_ids)
 
     assert {pair.g_word, pair.c_word} == set(context.pair)
     assert pair.g_id == contexts.token_id(tok, pair.g_word)
     assert pair.c_id == contexts.token_id(tok, pair.c_word)
 
-    ids = tok(context.text, return_tensors="pt").input_ids
-    with torch.no_grad():
-        logits = model(ids).logits[0, -1]
-    p = torch.softmax(logits.double(), dim=-1)
+    p = torch.softmax(out.logits[0, -1].double(), dim=-1)
     assert abs(float(p.sum()) - 1.0) < 1e-9
     assert pair.p_g0 == pytest.approx(float(p[pair.g_id]), rel=1e-6, abs=1e-12)
     assert pair.p_c0 == pytest.approx(float(p[pair.c_id]), rel=1e-6, abs=1e-12)
@@ -134,11 +145,13 @@ class TestOrientSmolLM2:
         assert all(max(pair.p_g0, pair.p_c0) > 1e-6 for pair, _ in rows.values())
 
     def test_orient_is_deterministic_and_leaves_the_model_alone(self, smol):
-        before = zoo.state_sha256(smol.model)
+        E = smol.model.get_input_embeddings().weight
+        before = E.detach().clone()
         first = contexts.orient("awful", smol)
         assert contexts.orient(contexts.get("awful"), smol) == first  # by id or by Context
-        assert zoo.state_sha256(smol.model) == before
+        assert torch.equal(E, before)
         assert all(p.grad is None for p in smol.model.parameters())
+        assert not smol.model.training
 
     def test_unusable_word_raises(self, smol):
         odd = contexts.Context("odd", "The food tasted", ("awful", "supercalifragilistic"))

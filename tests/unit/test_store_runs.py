@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from phantom import contexts, dynamics, store, zoo
 from phantom.store import RunStore
@@ -27,6 +28,16 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 UNUSABLE = contexts.Context("odd", "We need to", ("begin", "antidisestablishmentarianism"))
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread for this module: on the shared 2-core machine two OpenMP threads
+    competing with other jobs make a SmolLM2 step 5–20× slower (and the numbers don't depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class LoaderCalled(Exception):
@@ -244,6 +255,7 @@ def _child(root, log, barrier, out):
         return real_run(*args, **kwargs)
 
     dynamics.run = logged_run
+    torch.set_num_threads(1)
     barrier.wait(timeout=300)
     traj = store.trajectory(SMOL, CONTEXT, **MP_RUN, store=RunStore(root), loader=LoggingLoader(log))
     Path(out).write_text(json.dumps(traj.to_dict()))
