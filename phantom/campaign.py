@@ -133,6 +133,13 @@ def zoo_models(zoo: str, budget: str) -> tuple[str, ...]:
     return {"quick": ZOOS["offline"][:1], "standard": ZOOS["offline"], "full": ZOOS["offline-full"]}[budget]
 
 
+def select_models(models: str | None, zoo: str, budget: str) -> tuple[str, ...]:
+    """The claims session's models: ``--models a,b`` if given, else the zoo under the budget."""
+    if models:
+        return tuple(m.strip() for m in models.split(",") if m.strip())
+    return zoo_models(zoo, budget)
+
+
 def plan_for(budget: str, model: str) -> Plan:
     """The plan of one model under a budget; every reduction is named (issue time targets)."""
     if budget == "full":

@@ -129,7 +129,7 @@ class _Probe:
             "dz": float(z[g] - z[c]),
             "a_g": float(psi[g].to(torch.float64) @ h.to(torch.float64)),
             "a_c": float(psi[c].to(torch.float64) @ h.to(torch.float64)),
-            "g_gc": g_gc, "max_de": 0.0 if embed_equal else float((E - self.E0).abs().max()),
+            "g_gc": g_gc, "max_de": 0.0 if embed_equal else float((E - self.E0).abs_().max()),
             "embed_equal": float(embed_equal),
             "head_equal": float(embed_equal if self.U is None else _bitwise_equal(self.U.detach(), self.U0)),
         }

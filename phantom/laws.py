@@ -15,6 +15,7 @@ Pure maths on plain numbers and callables; nothing here touches a model. The cal
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -697,10 +698,27 @@ def flip_fraction(campaign, lr: float) -> float:
 
 
 def critical_lr_of(campaign, *, rtol: float = 0.01) -> CriticalLR:
-    """``η_c(model)`` by bisection in log η, bracketed by the sweep runs (SPEC §5)."""
-    known = {lr: sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
-             for lr in campaign.plan.sweep}
-    return critical_lr(lambda lr: flip_fraction(campaign, lr), sorted(known), rtol=rtol, known=known)
+    """``η_c(model)`` by bisection in log η, bracketed by the sweep runs (SPEC §5); cached.
+
+    Sweep LRs are read from the sweep runs themselves (scanned upwards until the first
+    success); every other probe runs the contexts with ``stop="born_flip"``.
+    """
+    from . import store
+
+    def fraction(lr: float) -> float:
+        if lr in campaign.plan.sweep:
+            return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
+        return flip_fraction(campaign, lr)
+
+    def compute() -> dict:
+        return dataclasses.asdict(critical_lr(fraction, campaign.plan.sweep, rtol=rtol))
+
+    key = {"kind": "critical_lr", "weights_sha256": store.weights_sha256(campaign.model),
+           "sweep": list(campaign.plan.sweep), "steps": campaign.plan.steps, "stop": campaign.plan.stop,
+           "rtol": rtol, "contexts": campaign.usable, "code_sha256": store.code_sha256()}
+    d = campaign.store.get_or_compute(key, compute)
+    return CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
+                      tuple(map(tuple, d["probes"])), d["converged"])
 
 
 def blind_statistic(campaign) -> BlindQ:

@@ -29,10 +29,8 @@ _START = time.time()
 
 
 def session_models(config) -> tuple[str, ...]:
-    models = config.getoption("--models")
-    if models:
-        return tuple(m.strip() for m in models.split(",") if m.strip())
-    return cmp.zoo_models(config.getoption("--zoo"), config.getoption("--budget"))
+    return cmp.select_models(config.getoption("--models"), config.getoption("--zoo"),
+                             config.getoption("--budget"))
 
 
 def expected_not_reproduced() -> dict[tuple[str, str], dict]:

@@ -7,14 +7,18 @@ import numpy as np
 import pytest
 
 from phantom import campaign as cmp
-from phantom import contexts
+from phantom import contexts, laws
 from phantom.trajectory import SERIES
 
 
+def _models(config):
+    return cmp.select_models(config.getoption("--models"), config.getoption("--zoo"),
+                             config.getoption("--budget"))
+
+
 def _planned(config):
-    from conftest import session_models  # tests/claims/conftest.py
     budget = config.getoption("--budget")
-    for model in session_models(config):
+    for model in _models(config):
         plan = cmp.plan_for(budget, model)
         full = sorted(set(plan.sweep) | set(plan.saturation) | {cmp.ETA_REF})
         lora = sorted(set(plan.lora) | {cmp.LORA_REF})
@@ -27,6 +31,21 @@ def _planned(config):
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_run":
         metafunc.parametrize("model_name,mode,lr,context", list(_planned(metafunc.config)))
+    if metafunc.function.__name__ == "test_critical_lr":
+        metafunc.parametrize("bisect_model", _bisected(metafunc.config))
+
+
+def _bisected(config):
+    return [m for m in _models(config) if cmp.plan_for(config.getoption("--budget"), m).eta_c]
+
+
+def test_critical_lr(bisect_model, budget):
+    """The critical-LR bisection (C13's slowest part), started first so it overlaps the runs."""
+    result = laws.critical_lr_of(cmp.Campaign(bisect_model, cmp.plan_for(budget, bisect_model)))
+    assert all(0.0 <= f <= 1.0 for _, f in result.probes)
+    if result.converged:
+        lo, hi = result.bracket
+        assert hi / lo - 1 <= 0.01 and result.eta_c == hi
 
 
 def test_run(model_name, mode, lr, context, budget, record_property):
