@@ -336,12 +336,13 @@ def cmd_laws(args: argparse.Namespace) -> int:
     clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
     rows = laws.laws_table(campaigns)
     clock("done")
-    head = f"{'model':<16}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
+    width = max([16] + [len(r.model) for r in rows])   # whole names: pythia-70m ≠ pythia-410m
+    head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
            f"{'LoRA':>6}{'η_c':>10}{'η̂_c':>10}{'error':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r.model[:16]:<16}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_fmt(r.eta_sat, '.3g'):>10}"
+        print(f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_fmt(r.eta_sat, '.3g'):>10}"
               f"{_fmt(r.h_ft, '.3g'):>8}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
               f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}")
     out = Path(args.out)

@@ -118,7 +118,7 @@ class _Probe:
         p = torch.softmax(z.to(torch.float64), dim=-1)                    # (V,)
         gap = geometry.born_gap(p, psi, g, c)
         gamma = geometry.purity(p, psi)
-        g_gc = float(psi[g].to(torch.float64) @ psi[c].to(torch.float64))
+        g_gc = geometry.pair_overlap(psi, g, c)
         xi = geometry.localisation_length(gamma)
         embed_equal = _bitwise_equal(E, self.E0)
         return {
@@ -150,7 +150,7 @@ def _step_zero_geometry(probe: _Probe) -> tuple[float, float]:
     psi = probe.psi if probe.psi is not None else geometry.normalize_rows(probe.E.detach())
     col = (psi @ psi[probe.g]).to(torch.float64)
     col[probe.g] = -math.inf
-    return float(col[probe.c]), float(col.max())
+    return geometry.pair_overlap(psi, probe.g, probe.c), float(col.max())
 
 
 def _should_stop(stop: str, rows: list[dict]) -> bool:

@@ -65,6 +65,18 @@ def normalize_rows(E) -> torch.Tensor:
     return E / E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
 
 
+def _pair_gram(psi: torch.Tensor, g: int, c: int) -> torch.Tensor:
+    """(2, 2) float64 Gram of the pair's rows, renormalised in float64."""
+    pair = psi[[g, c]].to(torch.float64)
+    pair = pair / pair.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return pair @ pair.T
+
+
+def pair_overlap(psi, g: int, c: int) -> float:
+    """``G_gc`` in float64, the same value :func:`born_gap` uses in ``S`` (SPEC §2 G_max)."""
+    return float(_pair_gram(_matrix(psi), g, c)[0, 1])
+
+
 def born_gap(p, psi, g: int, c: int) -> BornGap:
     """Born gap ``Φ = b_g − b_c`` with signal ``S`` and drag ``D`` (SPEC §2).
 
@@ -91,6 +103,7 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
     if g == c:
         raise ValueError(f"g and c must differ, both are {g}")
     G = (psi @ psi[[g, c]].T).to(torch.float64)  # (V, 2): G_gj, G_cj
+    G[[g, c]] = _pair_gram(psi, g, c)              # G_gg = G_cc = 1: Φ = S + D to rounding
     G2 = G * G
     b = p @ G2                                     # (..., 2): b_g, b_c
     w = G2[:, 0] - G2[:, 1]                        # (V,): G_gj² − G_cj²

@@ -106,6 +106,16 @@ def _sat_profile(eta: np.ndarray, resp: np.ndarray, log_sat: float) -> tuple[flo
     return float(res @ res), r_inf
 
 
+def _paired(x, y, xname: str, yname: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal-length 1-D float64 arrays, or a ValueError naming them."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError(f"{xname} and {yname} must be 1-D sequences")
+    if a.size != b.size:
+        raise ValueError(f"{xname} and {yname} differ in length ({a.size} vs {b.size})")
+    return a, b
+
+
 def fit_saturation(etas: Sequence[float], responses: Sequence[float]) -> SaturationFit:
     """Fit ``R(η) = R_∞ (1 − exp(−η/η_sat))`` by least squares (SPEC §5).
 
@@ -135,12 +145,7 @@ def fit_saturation(etas: Sequence[float], responses: Sequence[float]) -> Saturat
         Fewer than 3 points, different lengths, non-positive or non-finite etas, or non-finite
         responses.
     """
-    eta = np.asarray(etas, dtype=np.float64)
-    resp = np.asarray(responses, dtype=np.float64)
-    if eta.ndim != 1 or resp.ndim != 1:
-        raise ValueError("etas and responses must be 1-D sequences")
-    if eta.size != resp.size:
-        raise ValueError(f"etas and responses differ in length ({eta.size} vs {resp.size})")
+    eta, resp = _paired(etas, responses, "etas", "responses")
     if eta.size < 3:
         raise ValueError(f"need at least 3 points for a saturation fit, got {eta.size}")
     if not np.all(np.isfinite(eta)) or np.any(eta <= 0):
@@ -236,12 +241,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         Pearson correlation of the average ranks; ``nan`` if ``n < 2`` or either input is
         constant.
     """
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    if a.ndim != 1 or b.ndim != 1:
-        raise ValueError("x and y must be 1-D sequences")
-    if a.size != b.size:
-        raise ValueError(f"x and y differ in length ({a.size} vs {b.size})")
+    a, b = _paired(x, y, "x", "y")
     if np.isnan(a).any() or np.isnan(b).any():
         raise ValueError("x and y must not contain NaN (±inf rank last/first)")
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):

@@ -154,6 +154,7 @@ def plot_saturation(campaign, fits: dict, path: str | os.PathLike) -> Path:
     ax = fig.subplots()
     for i, (context, fit) in enumerate(fits.items()):
         runs = [campaign.run("full", lr, context) for lr in campaign.plan.saturation]
+        runs = [r for r in runs if r.diverged_at is None]      # as in the fit: no Φ_T to plot
         etas = [r.meta["lr"] for r in runs]
         ax.plot(etas, [r["phi"][-1] - r["phi"][0] for r in runs], "o", color=f"C{i % 10}", ms=4)
         grid = np.geomspace(min(etas), max(etas), 100)

@@ -64,6 +64,12 @@ FORMAT = 1
 _RECORD_FIELDS = ("format", "key", "key_sha256", "payload", "payload_sha256", "provenance")
 
 
+# (kind, key hash) of every entry this process asked for / computed: a claims session
+# reports them to tell a cold store (everything computed) from a warm one (nothing).
+REQUESTED: set[tuple[str, str]] = set()
+COMPUTED: set[tuple[str, str]] = set()
+
+
 class StoreWarning(UserWarning):
     """A corrupt run-store entry was found; it is ignored and recomputed."""
 
@@ -331,6 +337,7 @@ class RunStore:
             Whatever ``compute`` raises; nothing is written and the lock is released.
         """
         h = key_hash(key)
+        REQUESTED.add((key.get("kind", ""), h))
         path = self._path(h, ".json")
         with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
             record = _load(path, h)
@@ -365,6 +372,7 @@ class RunStore:
         }
         write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
         self.computed += 1
+        COMPUTED.add((key.get("kind", ""), h))
         return record
 
 

@@ -24,7 +24,7 @@ from phantom import report as claims_md
 
 EXPECTED = Path(__file__).with_name("expected.toml")
 _VERDICTS: list[claims.Verdict] = []
-_RUNS: list[bool] = []          # per planned run: computed in this session?
+_KEYS = {"requested": set(), "computed": set()}   # store keys, gathered from every worker
 _START = time.time()
 
 
@@ -103,13 +103,32 @@ def pytest_runtest_logreport(report) -> None:
             d = json.loads(value)
             _VERDICTS.append(claims.Verdict(d["claim"], d["model"], d["status"], d["value"], int(d["n"]),
                                             d.get("details") or {}))
-        elif name == "run_computed":
-            _RUNS.append(bool(value))
+
+
+def pytest_testnodedown(node, error):
+    """Controller side: gather the store keys a worker asked for and computed."""
+    for kind, keys in node.workeroutput.get("store_keys", {}).items():
+        _KEYS[kind] |= {tuple(k) for k in keys}
+
+
+def _session_log(entry: dict | None = None) -> list[dict]:
+    """Earlier claims sessions on this machine (kept beside the run store); append ``entry``."""
+    path = store.default_root().parent / "claims-sessions.jsonl"
+    history = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if entry is not None:
+        store.write_atomic(path, "".join(json.dumps(h) + "\n" for h in history + [entry]))
+    return history
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if hasattr(session.config, "workerinput") or not _VERDICTS:
-        return            # workers report to the controller; unit-test sessions write nothing
+    if hasattr(session.config, "workerinput"):     # a worker: hand its store keys to the controller
+        session.config.workeroutput["store_keys"] = {"requested": sorted(store.REQUESTED),
+                                                     "computed": sorted(store.COMPUTED)}
+        return
+    _KEYS["requested"] |= store.REQUESTED          # without xdist, the controller did the work
+    _KEYS["computed"] |= store.COMPUTED
+    if not _VERDICTS:
+        return            # unit-test sessions write nothing
     config = session.config
     models = session_models(config)
     budget = config.getoption("--budget")
@@ -122,7 +141,10 @@ def pytest_sessionfinish(session, exitstatus):
         zoo=config.getoption("--models") and "custom" or config.getoption("--zoo"),
         budget=budget,
         models={m: store.weights_sha256(m) for m in models}, versions=store.versions(),
-        wall_s=time.time() - _START, runs_computed=sum(_RUNS), runs_total=len(_RUNS),
+        wall_s=time.time() - _START, computed=len(_KEYS["computed"]), requested=len(_KEYS["requested"]),
         reductions={m: cmp.plan_for(budget, m).reductions for m in models},
-        figures={k: str(Path(v).relative_to(config.rootpath)) if v else v for k, v in figures.items()})
+        figures={k: str(Path(v).relative_to(config.rootpath)) if v else v for k, v in figures.items()},
+        history=_session_log(),
+        workers=f"-n {config.option.numprocesses}" if getattr(config.option, "numprocesses", None) else "no xdist")
+    _session_log(meta.record())
     claims_md.write(Path(config.rootpath) / config.getoption("--claims-md"), _VERDICTS, meta)

@@ -244,3 +244,98 @@ def test_run_smollm2_lora_direct(capsys, tmp_path):
     data = check_outputs(out, 3)
     assert data["meta"]["mode"] == "lora" and data["meta"]["n_trainable"] < 1_000_000
     assert (out / "smollm2-135m_longing_lora_lr0.001_T2.json").is_file()
+
+
+# --- `laws` -----------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from phantom import store, zoo  # noqa: E402
+from phantom.laws import ModelLaws  # noqa: E402
+
+LAWS_OPTIONS = ("--models", "--budget", "--out")
+LAWS_FIELDS = [f.name for f in dataclasses.fields(ModelLaws)]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    """A tiny random Llama (untied head) saved as a local model directory."""
+    return str(tiny_models.build_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama"))
+
+
+def test_laws_help_documents_every_option(capsys):
+    assert call(["laws", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())                      # help text is wrapped
+    for option in LAWS_OPTIONS:
+        assert option in out, option
+    for budget in ("quick", "standard", "full"):
+        assert budget in out, budget
+    for default in ("(default: standard)", "(default: ./out)", "(default: smollm2-135m,gemma3-270m)"):
+        assert default in out, default
+    assert "laws.json" in out and "example:" in out and "python -m phantom laws" in out
+
+
+def test_laws_tiny_models_quick(capsys, monkeypatch, tiny, tiny_llama, tmp_path, private_store, one_torch_thread):
+    out = tmp_path / "laws"
+    argv = ["laws", "--models", tiny_llama + "," + tiny, "--budget", "quick", "--out", str(out)]
+    status = call(argv)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "Traceback" not in captured.err
+
+    lines = captured.out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "G²mean"])
+    assert set(lines[start + 1]) == {"-"}
+    table = [line.split() for line in lines[start + 2:start + 4]]
+    assert [cells[0] for cells in table] == [tiny_llama, tiny]          # whole names, in order
+    for cells in table:
+        assert len(cells) == 11
+        # quick budget: no saturation grid, no critical LR, no blind prediction
+        assert cells[4:6] == ["—", "—"] and cells[8:] == ["—", "—", "—"]
+    assert not lines[start + 4].split() or lines[start + 4].startswith("wrote")
+    assert f"wrote       {out / 'laws.json'}" in captured.out and str(out / "critical_lr.png") in captured.out
+
+    rows = json.loads((out / "laws.json").read_text())
+    assert [r["model"] for r in rows] == [tiny_llama, tiny]
+    for r in rows:
+        assert list(r) == LAWS_FIELDS
+        assert 0.0 < r["g2mean"] < 1.0 and r["shape"] in ("gaussian", "laplace")
+        assert r["cls"] in ("A", "B", "unclassified")
+        assert r["b_ft"] > 0 and 0.0 <= r["lora_sufficiency"] <= 1.0
+        assert r["lora_sufficiency"] * 10 == pytest.approx(round(r["lora_sufficiency"] * 10))   # k of 10 contexts
+        assert all(r[k] is None for k in ("eta_sat", "h_ft", "q", "eta_c", "eta_hat", "rel_error"))
+    assert (out / "critical_lr.png").read_bytes()[:4] == PNG_MAGIC
+    assert sorted(p.name for p in out.iterdir()) == ["critical_lr.png", "laws.json"]   # no temporaries
+    assert any(private_store.rglob("*.json"))
+
+    # again: every number comes from the run store, no model may be loaded
+    def refuse(name):
+        raise AssertionError(f"model {name!r} loaded although every run is in the store")
+
+    monkeypatch.setattr(store.SLOT, "name", None)
+    monkeypatch.setattr(store.SLOT, "loaded", None)
+    monkeypatch.setattr(zoo, "load", refuse)
+    assert call(argv) == 0
+    again = capsys.readouterr()
+    assert json.loads((out / "laws.json").read_text()) == rows
+    assert again.out.splitlines()[start:start + 4] == lines[start:start + 4]
+
+
+@pytest.mark.parametrize("models", ["no-such-model", "{tiny},no-such-model"], ids=["alone", "after-a-good-one"])
+def test_laws_unknown_model_is_one_line(capsys, tiny, tmp_path, private_store, models):
+    out = tmp_path / "laws"
+    status = call(["laws", "--models", models.format(tiny=tiny), "--budget", "quick", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("phantom: error: unknown model 'no-such-model'")
+    assert not out.exists() and not private_store.exists()               # failed before any work
+
+
+def test_laws_bad_budget_is_one_line(capsys):
+    assert call(["laws", "--budget", "huge"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert captured.err.startswith("phantom: error:") and "--budget" in captured.err

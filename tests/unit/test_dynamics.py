@@ -28,14 +28,7 @@ LR_FULL, LR_LORA = 2e-5, 1e-3
 META_VOLATILE = ("wall_s",)       # the only meta entry that may differ between identical runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread for this module: on the shared 2-core machine two OpenMP threads
-    competing with other jobs make a SmolLM2 step 5–20× slower (and the numbers don't depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_same_run(a, b):

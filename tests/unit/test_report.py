@@ -14,8 +14,8 @@ MODELS = {"smollm2-135m": "a" * 64, "gemma3-270m": "b" * 64}
 
 def session(**kw):
     base = dict(zoo="offline", budget="standard", models=dict(MODELS),
-                versions={"torch": "2.13.0", "python": "3.12.3"}, wall_s=750.0, runs_computed=3,
-                runs_total=10, reductions={"smollm2-135m": ("LoRA grid reduced to the reference LR 1e-3",),
+                versions={"torch": "2.13.0", "python": "3.12.3"}, wall_s=750.0, computed=3,
+                requested=10, reductions={"smollm2-135m": ("LoRA grid reduced to the reference LR 1e-3",),
                                            "gemma3-270m": ("full-FT sweep reduced to η_ref = 2e-5",
                                                            "no saturation grid (C9 without Gemma-3)")})
     base.update(kw)
@@ -82,7 +82,7 @@ def test_render_header_facts():
     text = report.render(sample(), session())
     assert text.startswith("# CLAIMS — phantom verdicts\n")
     assert "- **zoo**: offline; **budget**: standard" in text
-    assert "12.5 min (partly warm store: 3 of 10 planned runs computed in this session)" in text
+    assert "12.5 min (partly warm store: 3 of the 10 run-store entries it read were computed in this session)" in text
     assert "- **versions**: torch 2.13.0, python 3.12.3" in text
     for m, h in MODELS.items():
         assert f"  - `{m}`: `{h}`" in text
@@ -97,8 +97,8 @@ def test_render_header_facts():
 @pytest.mark.parametrize("computed, total, words", [(10, 10, "cold store"), (0, 10, "warm store"),
                                                     (4, 10, "partly warm store"), (0, 0, "warm store")])
 def test_render_store_temperature(computed, total, words):
-    text = report.render([], session(runs_computed=computed, runs_total=total))
-    assert f"({words}: {computed} of {total} planned runs" in text
+    text = report.render([], session(computed=computed, requested=total))
+    assert f"({words}: {computed} of the {total} run-store entries" in text
 
 
 def test_render_without_reductions_and_with_figures():

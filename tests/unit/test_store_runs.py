@@ -27,17 +27,9 @@ BASE = dict(mode="lora", lr=1e-3, steps=3, seed=0)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 UNUSABLE = contexts.Context("odd", "We need to", ("begin", "antidisestablishmentarianism"))
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread for this module: on the shared 2-core machine two OpenMP threads
-    competing with other jobs make a SmolLM2 step 5–20× slower (and the numbers don't depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class LoaderCalled(Exception):
