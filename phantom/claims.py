@@ -218,10 +218,12 @@ def c8_sweep_separation(model: str, sweep: Sequence[Trajectory]) -> Verdict:
 def c9_h_consistency(h_by_model: Mapping[str, float]) -> Verdict:
     """C9 (zoo): CV of H_FT over ≥2 models ≤ 0.10."""
     h = {m: v for m, v in h_by_model.items() if v is not None and math.isfinite(v)}
+    measured = ", ".join(f"{m} H_FT={v:.3g}" for m, v in h.items())
     if len(h) < 2:
-        return not_testable("C9", "zoo", f"needs ≥2 models with H_FT, have {len(h)}", len(h))
+        return not_testable("C9", "zoo", f"needs ≥2 models with H_FT, have {len(h)}"
+                            + (f" ({measured})" if h else ""), len(h))
     cv = laws.cv(list(h.values()))
-    value = f"CV = {cv:.1%}; " + ", ".join(f"{m} H={v:.3g}" for m, v in h.items())
+    value = f"CV = {cv:.1%}; {measured}"
     return _verdict("C9", "zoo", cv <= H_CV_MAX, value, len(h), cv=cv)
 
 

@@ -698,23 +698,23 @@ def flip_fraction(campaign, lr: float) -> float:
 
 
 def critical_lr_of(campaign, *, rtol: float = 0.01) -> CriticalLR:
-    """``η_c(model)`` by bisection in log η, bracketed by the sweep runs (SPEC §5); cached.
+    """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
 
-    Sweep LRs are read from the sweep runs themselves (scanned upwards until the first
-    success); every other probe runs the contexts with ``stop="born_flip"``.
+    The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
+    the first success); every other probe runs the contexts with ``stop="born_flip"``.
     """
     from . import store
+    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
 
     def fraction(lr: float) -> float:
-        if lr in campaign.plan.sweep:
+        if lr in grid:
             return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
         return flip_fraction(campaign, lr)
 
     def compute() -> dict:
-        return dataclasses.asdict(critical_lr(fraction, campaign.plan.sweep, rtol=rtol))
+        return dataclasses.asdict(critical_lr(fraction, grid, rtol=rtol))
 
-    key = {"kind": "critical_lr", "weights_sha256": store.weights_sha256(campaign.model),
-           "sweep": list(campaign.plan.sweep), "steps": campaign.plan.steps, "stop": campaign.plan.stop,
+    key = {"kind": "critical_lr", "weights_sha256": store.weights_sha256(campaign.model), "grid": grid, "steps": campaign.plan.steps, "stop": campaign.plan.stop,
            "rtol": rtol, "contexts": campaign.usable, "code_sha256": store.code_sha256()}
     d = campaign.store.get_or_compute(key, compute)
     return CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,

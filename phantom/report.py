@@ -92,13 +92,13 @@ def _row(claim, verdicts: Sequence[Verdict]) -> str:
 
 
 def _c5_note(by_claim: dict[str, list[Verdict]]) -> list[str]:
-    supported = [c for c in ("C5", "C5b") if by_claim.get(c)
-                 and all(v.status == REPRODUCED for v in by_claim[c])]
-    verdict = (f"the data support **{supported[0]}**" if len(supported) == 1 else
-               "the data support **neither** on every model" if not supported else "both reproduce (?)")
+    def where(claim: str) -> str:
+        models = [f"`{v.model}`" for v in by_claim.get(claim, []) if v.status == REPRODUCED]
+        return ", ".join(models) or "no model"
+
     return ["", "**C5 vs C5b.** The paper contradicts itself: its abstract says jumps persist under LoRA "
             "with frozen embeddings (C5), its Fig. 4 caption that freezing the embeddings turns every "
-            f"jump smooth (C5b). Measured here: {verdict}."]
+            f"jump smooth (C5b). Measured here, C5 reproduces on {where('C5')} and C5b on {where('C5b')}."]
 
 
 def render(verdicts: Sequence[Verdict], session: Session) -> str:

@@ -9,9 +9,11 @@ from phantom import claims, laws
 
 def test_c13_blind_prediction(zoo, judge):
     eligible = {c.model: c for c in zoo if c.plan.eta_c}
-    if len(eligible) < 2:
+    if len(eligible) < 2:   # nothing to predict: report the η_c that was measured
+        measured = ", ".join(f"{m} η_c={laws.critical_lr_of(c).eta_c:.3g}" for m, c in eligible.items())
         return judge(claims.not_testable("C13", "zoo", f"needs ≥2 models with a critical-LR bisection, "
-                                  f"have {len(eligible)}", len(eligible)))
+                                         f"have {len(eligible)}" + (f" ({measured})" if eligible else ""),
+                                         len(eligible)))
     q = {m: laws.blind_statistic(c).q for m, c in eligible.items()}
 
     @cache

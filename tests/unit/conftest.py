@@ -1,6 +1,10 @@
 """Fixtures shared by the unit tests."""
+import gc
+
 import pytest
 import torch
+
+from phantom import zoo
 
 
 @pytest.fixture(scope="module")
@@ -11,3 +15,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _released(name: str):
+    loaded = zoo.load(name)
+    yield loaded
+    del loaded
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """The real SmolLM2-135M, loaded once per module and released after it."""
+    yield from _released("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    """The real Gemma-3-270M, loaded once per module and released after it."""
+    yield from _released("gemma3-270m")

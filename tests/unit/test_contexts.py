@@ -1,7 +1,6 @@
 """Tests of the ten contexts and their per-model orientation (SPEC §3)."""
 from __future__ import annotations
 
-import gc
 import re
 
 import pytest
@@ -118,14 +117,6 @@ def check_orientation(loaded, context: contexts.Context, psi=None) -> tuple[cont
     return pair, gap
 
 
-@pytest.fixture(scope="class")
-def smol():
-    loaded = zoo.load("smollm2-135m")
-    yield loaded
-    del loaded
-    gc.collect()
-
-
 @pytest.mark.slow
 class TestOrientSmolLM2:
     def test_every_context(self, smol):
@@ -157,14 +148,6 @@ class TestOrientSmolLM2:
         odd = contexts.Context("odd", "The food tasted", ("awful", "supercalifragilistic"))
         with pytest.raises(contexts.ContextUnusable, match=re.escape("' supercalifragilistic'")):
             contexts.orient(odd, smol)
-
-
-@pytest.fixture(scope="class")
-def gemma():
-    loaded = zoo.load("gemma3-270m")
-    yield loaded
-    del loaded
-    gc.collect()
 
 
 @pytest.mark.slow

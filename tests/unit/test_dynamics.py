@@ -8,7 +8,6 @@ so the no-leakage test can compare a rerun made after other runs against it.
 """
 from __future__ import annotations
 
-import gc
 import math
 
 import numpy as np
@@ -45,14 +44,6 @@ def assert_same_run(a, b):
 # --------------------------------------------------------------------------------------
 # The real SmolLM2: one load per module, base runs computed once (LoRA first).
 # --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def smol():
-    loaded = zoo.load(SMOL)
-    yield loaded
-    del loaded
-    gc.collect()
-
 
 @pytest.fixture(scope="module")
 def smol_sha(smol):

@@ -18,7 +18,9 @@ import pytest
 import torch
 
 from phantom import contexts, dynamics, geometry, laws, store, zoo
-from phantom.campaign import ETA_REF, FULL_GRID, LORA_REF, Campaign, Plan
+from phantom.campaign import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF, Campaign, Plan
+
+GRID = tuple(sorted(EXTENDED_GRID + FULL_GRID))   # the full-FT LRs that bracket η_c
 from phantom.laws import ModelLaws
 from phantom.trajectory import SERIES, Trajectory
 
@@ -271,16 +273,17 @@ def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
     assert res.converged
     lo, hi = res.bracket
     assert lo < theta <= hi and hi == res.eta_c and hi / lo - 1 <= 0.01
-    # the sweep is read upwards until its first success (1e-5: 6 of 10 contexts), no further
-    assert res.probes[:3] == ((2e-6, 0.0), (5e-6, 0.2), (1e-5, 0.6))
-    for eta, f in res.probes[3:]:
+    # the grid (extended + sweep) is read upwards until its first success (1e-5: 6 of 10), no further
+    scanned = (2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5)
+    assert res.probes[:6] == ((2e-7, 0.0), (5e-7, 0.0), (1e-6, 0.0), (2e-6, 0.0), (5e-6, 0.2), (1e-5, 0.6))
+    for eta, f in res.probes[6:]:
         assert 5e-6 < eta < 1e-5 and (f >= 0.5) == (eta >= theta)
-    requested_sweep = [(lr, c, stop) for mode, lr, c, stop in camp.calls if lr in FULL_GRID]
-    assert requested_sweep == [(lr, c, None) for lr in (2e-6, 5e-6, 1e-5) for c in CONTEXTS]
+    requested_grid = [(lr, c, stop) for mode, lr, c, stop in camp.calls if lr in GRID]
+    assert requested_grid == [(lr, c, None) for lr in scanned for c in CONTEXTS]
     assert not any(lr in (2e-5, 5e-5) for _, lr, _, _ in camp.calls)
-    probes = [call for call in camp.calls if call[1] not in FULL_GRID]
+    probes = [call for call in camp.calls if call[1] not in GRID]
     assert probes and all(mode == "full" and stop == "born_flip" for mode, _, _, stop in probes)
-    assert {lr for _, lr, _, _ in probes} == {eta for eta, _ in res.probes[3:]}
+    assert {lr for _, lr, _, _ in probes} == {eta for eta, _ in res.probes[6:]}
 
     again = FakeCampaign(tmp_path / "runs", never_run)        # same store: served from it
     assert laws.critical_lr_of(again) == res
@@ -291,14 +294,14 @@ def test_critical_lr_of_above_and_below_the_grid(tmp_path, fake_weights):
     above = FakeCampaign(tmp_path / "runs", World(theta_star=2e-4), model="above")
     res = laws.critical_lr_of(above)
     assert res.eta_c is None and res.bracket is None and not res.converged
-    assert [eta for eta, _ in res.probes] == list(FULL_GRID)
-    assert all(stop is None for *_, stop in above.calls) and len(above.calls) == 5 * 10
+    assert [eta for eta, _ in res.probes] == list(GRID)
+    assert all(stop is None for *_, stop in above.calls) and len(above.calls) == 8 * 10
     assert laws.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="above")) == res
 
-    below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-6), model="below")
+    below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-7), model="below")
     res = laws.critical_lr_of(below)
-    assert res.eta_c == 2e-6 and res.bracket is None and not res.converged
-    assert {lr for _, lr, _, _ in below.calls} == {2e-6}
+    assert res.eta_c == 2e-7 and res.bracket is None and not res.converged
+    assert {lr for _, lr, _, _ in below.calls} == {2e-7}
 
 
 def test_critical_lr_of_cache_key_follows_the_contexts(tmp_path, fake_weights):

@@ -112,22 +112,24 @@ def test_render_without_reductions_and_with_figures():
 
 
 @pytest.mark.parametrize("c5, c5b, words", [
-    ((NOT_REPRODUCED, NOT_REPRODUCED), (REPRODUCED, REPRODUCED), "the data support **C5b**"),
-    ((REPRODUCED, REPRODUCED), (NOT_REPRODUCED, NOT_TESTABLE), "the data support **C5**"),
-    ((REPRODUCED, NOT_REPRODUCED), (REPRODUCED, NOT_REPRODUCED), "the data support **neither** on every model"),
-    (None, None, "the data support **neither** on every model"),
-    ((REPRODUCED, REPRODUCED), (REPRODUCED, REPRODUCED), "both reproduce (?)"),
+    ((NOT_REPRODUCED, NOT_REPRODUCED), (REPRODUCED, REPRODUCED),
+     "C5 reproduces on no model and C5b on `smollm2-135m`, `gemma3-270m`"),
+    ((REPRODUCED, REPRODUCED), (NOT_REPRODUCED, NOT_TESTABLE),
+     "C5 reproduces on `smollm2-135m`, `gemma3-270m` and C5b on no model"),
+    ((REPRODUCED, NOT_REPRODUCED), (NOT_REPRODUCED, NOT_REPRODUCED),
+     "C5 reproduces on `smollm2-135m` and C5b on no model"),
+    (None, None, "C5 reproduces on no model and C5b on no model"),
 ])
 def test_render_c5_note(c5, c5b, words):
     vs = []
     for claim, statuses in (("C5", c5), ("C5b", c5b)):
         vs += [Verdict(claim, m, s, "x", 1) for m, s in zip(MODELS, statuses or ())]
     text = report.render(vs, session())
-    assert "**C5 vs C5b.**" in text and f"Measured here: {words}." in text
+    assert "**C5 vs C5b.**" in text and f"Measured here, {words}." in text
 
 
 def test_render_sample_note_names_c5b():
-    assert "Measured here: the data support **C5b**." in report.render(sample(), session())
+    assert "C5 reproduces on no model and C5b on `smollm2-135m`, `gemma3-270m`." in report.render(sample(), session())
 
 
 # --- verdicts / compare -----------------------------------------------------------------

@@ -38,14 +38,6 @@ def leftover_builds(models_dir: Path) -> list[Path]:
 # The real SmolLM2 from the default cache (one load per class, released after it).
 # --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="class")
-def smol():
-    loaded = zoo.load(SMOL)
-    yield loaded
-    del loaded
-    gc.collect()
-
-
 @pytest.mark.slow
 class TestSmolLM2:
     def test_info(self, smol):
