@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-_CHUNK = 32_768  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
+_CHUNK = 65_536  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
 
 CLASS_A_BAND = (0.045, 0.097)  # SPEC §2 (Fig. 6): dense Gaussian bulk
 CLASS_B_BAND = (0.002, 0.003)  # SPEC §2 (Fig. 6): sparse exponential bulk
@@ -116,23 +116,24 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
     return BornGap(phi, signal, drag)
 
 
-def _gram_sq_norm(A: torch.Tensor, blocks: int = 4) -> float:
-    """``‖AᵀA‖_F²`` for A (V, d) without forming more than the (d, d) Gram's upper blocks.
+def _gram_sq_norm(A: torch.Tensor, weights: torch.Tensor | None = None, blocks: int = 4) -> float:
+    """``‖BᵀB‖_F²`` for ``B = diag(weights) A`` (A: (V, d)), never holding more than B's row chunk.
 
     The Gram is symmetric, so only its upper column blocks are computed (``(b+1)/2b`` of the
-    work, strided views, no copies); each block accumulates over row chunks in float64.
+    work, strided views); rows are weighted chunk by chunk and every block accumulates in
+    float64.
     """
     edges = torch.linspace(0, A.shape[1], blocks + 1).long().tolist()
     spans = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-    total = 0.0
-    for i, (a0, a1) in enumerate(spans):
-        for b0, b1 in spans[i:]:
-            block = torch.zeros(a1 - a0, b1 - b0, dtype=torch.float64, device=A.device)
-            for start in range(0, A.shape[0], _CHUNK):
-                rows = A[start:start + _CHUNK]
-                block += (rows[:, a0:a1].T @ rows[:, b0:b1]).to(torch.float64)
-            total += (1.0 if a0 == b0 else 2.0) * float((block ** 2).sum())
-    return total
+    pairs = [(s, t) for i, s in enumerate(spans) for t in spans[i:]]
+    acc = [torch.zeros(s[1] - s[0], t[1] - t[0], dtype=torch.float64, device=A.device) for s, t in pairs]
+    for start in range(0, A.shape[0], _CHUNK):
+        rows = A[start:start + _CHUNK]                                     # (chunk, d)
+        if weights is not None:
+            rows = rows * weights[start:start + _CHUNK, None]
+        for (s, t), block in zip(pairs, acc):
+            block += (rows[:, s[0]:s[1]].T @ rows[:, t[0]:t[1]]).to(torch.float64)
+    return sum((1.0 if s == t else 2.0) * float((block ** 2).sum()) for (s, t), block in zip(pairs, acc))
 
 
 def purity(p, psi) -> float | torch.Tensor:
@@ -141,8 +142,7 @@ def purity(p, psi) -> float | torch.Tensor:
     p = _distribution(p, psi.shape[0])
     if p.ndim == 2:
         return torch.tensor([purity(row, psi) for row in p], dtype=torch.float64)
-    A = psi * p.sqrt().to(psi.dtype)[:, None]  # (V, d): rows √p_i ψ_i, so AᵀA = ρ
-    return _gram_sq_norm(A)
+    return _gram_sq_norm(psi, p.sqrt().to(psi.dtype))   # rows √p_i ψ_i: BᵀB = ρ
 
 
 def participation_ratio(p, psi) -> float | torch.Tensor:
