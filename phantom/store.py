@@ -55,7 +55,7 @@ import socket
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any, Callable, Iterator
 
 FORMAT = 1
@@ -384,6 +384,7 @@ class RunStore:
 # answers without loading any model.
 
 _CODE = ("dynamics.py", "geometry.py", "contexts.py", "trajectory.py")
+HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
 
 
 def code_sha256() -> str:
@@ -479,8 +480,11 @@ def trajectory(model: str, context, *, mode: str, lr: float, steps: int = 30, se
            "versions": versions()}
 
     def compute() -> dict:
-        traj = dynamics.run(loader(model), context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
-                            stop=stop)
+        loaded = loader(model)
+        heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
+        with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
+            traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
+                                stop=stop)
         return traj.to_dict()
 
     return Trajectory.from_dict(store.get_or_compute(key, compute))

@@ -276,3 +276,29 @@ def test_two_processes_compute_once(tmp_path):
     assert_same_trajectory(a, b)
     assert len(a["loss"]) == MP_RUN["steps"] + 1 and a.diverged_at is None
     assert len(entries(root, "trajectory")) == 1 and len(entries(root, "orientation")) == 1
+
+
+@pytest.mark.parametrize("mode, heavy", [("full", True), ("lora", False)])
+def test_heavy_full_ft_runs_one_at_a_time(tmp_path, monkeypatch, mode, heavy):
+    """Full FT of a model above HEAVY_PARAMS holds the machine-wide heavy lock while it runs."""
+    import fcntl
+
+    import tiny_models
+    model_dir = str(tiny_models.build_tiny("llama", tmp_path / "tiny"))
+    runs = store.RunStore(tmp_path / "runs")
+    monkeypatch.setattr(store, "HEAVY_PARAMS", 0)
+    seen = []
+    real_run = dynamics.run
+
+    def probing_run(*args, **kwargs):
+        with open(runs.root / ".heavy-full-ft.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append(False)
+            except BlockingIOError:
+                seen.append(True)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(dynamics, "run", probing_run)
+    store.trajectory(model_dir, "tired", mode=mode, lr=1e-3, steps=1, store=runs, loader=zoo.load)
+    assert seen == [heavy]
