@@ -74,6 +74,9 @@ def _header(s: Session) -> list[str]:
              "- **models** (weights sha256):"]
     lines += [f"  - `{m}`: `{h}`" for m, h in s.models.items()]
     reduced = {m: r for m, r in s.reductions.items() if r}
+    lines.append("- **early stops** (cost only, recorded per run as `stopped_at`): a run ends once both the "
+                 "Born and the rank flip have happened and p_g ≥ 1 − 1e-4 (Φ within ≈3e-4 of its ceiling); "
+                 "critical-LR probes end at their Born flip")
     lines.append("- **protocol reductions** (SPEC §4 otherwise):" + ("" if reduced else " none"))
     for m, rs in reduced.items():
         lines += [f"  - `{m}`: {r}" for r in rs]
