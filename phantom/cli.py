@@ -208,18 +208,6 @@ def write_json_atomic(path: Path, obj) -> None:
     store.write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
-def check_model(name: str) -> None:
-    """Fail fast (before any long work) on a model name that cannot be loaded."""
-    if name in zoo.OFFLINE or Path(name).is_dir():
-        return
-    try:  # a hub id already in the local cache: its config loads without the weights
-        from transformers import AutoConfig
-        AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        raise CliError(f"unknown model {name!r}: not an offline zoo name ({', '.join(zoo.OFFLINE)}), "
-                       f"nor an existing local directory, nor a hub id in the local cache") from None
-
-
 def check_device(device: str, no_store: bool) -> None:
     import torch
     try:
@@ -261,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     clock = _Clock()
     context = contexts.get(args.context)
     check_device(args.device, args.no_store)
-    check_model(args.model)
+    zoo.check_name(args.model)
     what = f"fine-tuning {args.steps} steps ({args.mode}, lr={args.lr:g}, seed={args.seed})"
     if args.no_store:
         loaded = _Loader(clock, always=True)(args.model)
@@ -331,7 +319,7 @@ def cmd_laws(args: argparse.Namespace) -> int:
     clock = _Clock()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        check_model(m)
+        zoo.check_name(m)
     campaigns = [cmp.Campaign(m, cmp.plan_for(args.budget, m)) for m in models]
     clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
     rows = laws.laws_table(campaigns)

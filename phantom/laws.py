@@ -688,11 +688,10 @@ def flip_fraction(campaign, lr: float) -> float:
     """
     usable = campaign.usable
     need = math.ceil(len(usable) / 2)
-    flips = misses = 0
-    for context in usable:
+    flips = 0
+    for done, context in enumerate(usable, start=1):
         flips += _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
-        misses = usable.index(context) + 1 - flips
-        if flips >= need or misses > len(usable) - need:
+        if flips >= need or done - flips > len(usable) - need:
             break
     return flips / len(usable)
 

@@ -240,6 +240,22 @@ def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tu
         return entry, _verify(entry)
 
 
+def check_name(name: str) -> None:
+    """Fail fast, without loading weights, on a name :func:`load` cannot resolve.
+
+    Offline zoo names and existing directories pass; anything else must be a hub id whose
+    config is in the local cache. Raises :class:`UnknownModel` naming the problem.
+    """
+    if name in OFFLINE or Path(name).is_dir():
+        return
+    from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        raise UnknownModel(f"unknown model {name!r}: not an offline zoo name ({', '.join(OFFLINE)}), "
+                           f"nor an existing local directory, nor a hub id in the local cache") from None
+
+
 def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None):
     """Only the tokenizer (for usability checks): from the cache entry if built, else from the GGUF."""
     from transformers import AutoTokenizer

@@ -46,11 +46,10 @@ def expected_not_reproduced() -> dict[tuple[str, str], dict]:
 
 def pytest_collection_modifyitems(session, config, items):
     for model in session_models(config):
-        if model not in zoo_mod.OFFLINE and not Path(model).is_dir():
-            try:
-                store.weights_sha256(model)
-            except zoo_mod.UnknownModel as err:
-                raise pytest.UsageError(str(err)) from None
+        try:
+            zoo_mod.check_name(model)
+        except zoo_mod.UnknownModel as err:
+            raise pytest.UsageError(str(err)) from None
 
 
 def pytest_generate_tests(metafunc):

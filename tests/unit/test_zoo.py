@@ -465,3 +465,12 @@ def test_load_tokenizer_of_offline_models(case):
     entry = zoo.cache_root() / "models" / case["name"]
     if (entry / zoo.MANIFEST).exists():
         assert Path(tok.name_or_path) == entry
+
+
+def test_check_name_resolves_without_loading(tmp_path, monkeypatch):
+    """Offline names and directories pass; anything else is UnknownModel, and no weights load."""
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("check_name must not load a model"))
+    zoo.check_name("smollm2-135m")
+    zoo.check_name(str(tmp_path))
+    with pytest.raises(zoo.UnknownModel, match="unknown model 'no-such-model-xyz'.*smollm2-135m"):
+        zoo.check_name("no-such-model-xyz")
