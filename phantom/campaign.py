@@ -1,24 +1,32 @@
-"""Which runs each model gets under a claims budget (SPEC §4 grids, issue budgets).
+"""The run layer per model: which runs a budget plans, and every law measured from them.
 
 A :class:`Plan` lists the learning rates a model is fine-tuned at; :class:`Campaign`
 serves those runs from the shared run store (each computed once across processes), so
-claim tests never call the fine-tuning engine themselves. Any departure from the SPEC
+claims never call the fine-tuning engine themselves. Any departure from the SPEC
 protocol is a :class:`Plan` field away from its default and is named in
-``Plan.reductions`` for CLAIMS.md.
+``Plan.reductions`` for CLAIMS.md. Budgets decide a model's plan from its estimated cost
+(:func:`full_ft_seconds`), never from its name.
+
+The per-model laws (SPEC §2, §5) are functions of a campaign: they read its runs and
+hand plain numbers to the pure maths of :mod:`phantom.laws`. The expensive ones (bulk
+statistics, critical-LR bisection, step-0 blind statistic) are cached in the run store
+under keys built by :func:`phantom.runs.key`.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence
 
-from . import contexts, store
+import numpy as np
+
+from . import contexts, laws, runs, zoo
+from .protocol import (CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID,
+                       LORA_REF, STEPS)
+from .store import RunStore
 from .trajectory import Trajectory
-
-FULL_GRID = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5)       # SPEC §4 full-FT sweep
-EXTENDED_GRID = (2e-7, 5e-7, 1e-6)               # SPEC §4, below it, for saturation fits
-LORA_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)       # SPEC §4
-ETA_REF, LORA_REF = 2e-5, 1e-3                   # SPEC §4 reference LRs
-STEPS = 30                                       # SPEC §4 T
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,16 @@ class Plan:
         """The LRs of the saturation fit: extended + sweep grid, ascending."""
         return tuple(sorted(set(self.extended) | set(self.sweep))) if self.extended else ()
 
+    @property
+    def full_lrs(self) -> tuple[float, ...]:
+        """Every full-FT LR of the plan (η_ref always), costliest (largest) first."""
+        return tuple(sorted(set(self.sweep) | set(self.saturation) | {ETA_REF}, reverse=True))
+
+    @property
+    def lora_lrs(self) -> tuple[float, ...]:
+        """Every LoRA LR of the plan (the reference always), ascending."""
+        return tuple(sorted(set(self.lora) | {LORA_REF}))
+
 
 class Campaign:
     """A model's runs under a plan, served from the run store.
@@ -47,17 +65,25 @@ class Campaign:
     model : str
         Zoo name, local directory or hub id.
     plan : Plan
-    runs : store.RunStore, optional
+    store : RunStore, optional
         Defaults to the shared store (``$PHANTOM_RUNS``).
     loader : callable, optional
         name → Loaded, called only when a run is missing (default: one model per process).
     """
 
-    def __init__(self, model: str, plan: Plan = Plan(), runs: store.RunStore | None = None,
-                 loader=store.SLOT):
+    def __init__(self, model: str, plan: Plan = Plan(), store: RunStore | None = None,
+                 loader=runs.SLOT):
         self.model, self.plan = model, plan
-        self.store = runs or store.RunStore()
+        self.store = store or RunStore()
         self.loader = loader
+
+    @classmethod
+    def for_budget(cls, model: str, budget: str, store: RunStore | None = None) -> Campaign:
+        """The campaign of ``model`` under a claims budget (:func:`plan_for`)."""
+        return cls(model, plan_for(budget, runs.model_info(model)), store)
+
+    def __repr__(self) -> str:
+        return f"Campaign({self.model!r})"
 
     @cached_property
     def orientations(self) -> dict[str, contexts.Pair | str]:
@@ -65,7 +91,7 @@ class Campaign:
         out = {}
         for c in contexts.CONTEXTS:
             try:
-                out[c.id] = store.orientation(self.model, c, store=self.store, loader=self.loader)
+                out[c.id] = runs.orientation(self.model, c, store=self.store, loader=self.loader)
             except contexts.ContextUnusable as err:
                 out[c.id] = str(err)
         return out
@@ -80,9 +106,9 @@ class Campaign:
 
     def run(self, mode: str, lr: float, context: str, stop: str | None = None) -> Trajectory:
         """One run through the store (computed once across processes)."""
-        return store.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps,
-                                stop=self.plan.stop if stop is None else stop, store=self.store,
-                                loader=self.loader)
+        return runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps,
+                               stop=self.plan.stop if stop is None else stop, store=self.store,
+                               loader=self.loader)
 
     def runs(self, mode: str, lr: float) -> list[Trajectory]:
         """One run per usable context at this LR."""
@@ -106,12 +132,12 @@ class Campaign:
                 for r in self.runs("full", lr)] + self.lora_runs()
 
     def planned(self) -> list[tuple[str, float, str]]:
-        """(mode, lr, context) of every planned run, costliest first (for precomputing)."""
-        full = sorted(set(self.plan.sweep) | set(self.plan.saturation) | {ETA_REF}, reverse=True)
-        lora = sorted(set(self.plan.lora) | {LORA_REF})
-        return ([("full", lr, c) for lr in full for c in self.usable]
-                + [("lora", lr, c) for lr in lora for c in self.usable])
+        """(mode, lr, context) of every planned run, costliest first: the only list of runs."""
+        return ([("full", lr, c) for lr in self.plan.full_lrs for c in self.usable]
+                + [("lora", lr, c) for lr in self.plan.lora_lrs for c in self.usable])
 
+
+# --- budgets ---------------------------------------------------------------------------
 
 ZOOS = {
     "offline": ("smollm2-135m", "gemma3-270m"),             # SPEC §7 standard offline zoo
@@ -121,27 +147,50 @@ ZOOS = {
 }
 BUDGETS = ("quick", "standard", "full")
 
+# Seconds of one instrumented full-FT step on this project's machines (1 torch thread), from
+# the measured SmolLM2 (1.17 s) and Gemma-3 (4.71 s) steps: the bare step grows with the
+# parameter count, the per-step instrumentation (exact purity) with V·d².
+STEP_S_PER_PARAM = 4.83e-9
+STEP_S_PER_VD2 = 3.18e-11
+STANDARD_FULL_FT_S = 2 * 3600   # the standard budget's ceiling on one model's full-FT grid
 
-def zoo_models(zoo: str, budget: str) -> tuple[str, ...]:
+
+def full_ft_seconds(info: zoo.ModelInfo, plan: Plan = Plan()) -> float:
+    """Estimated single-thread seconds of a plan's full-FT grid (no early stops) on a model."""
+    step = STEP_S_PER_PARAM * info.n_params + STEP_S_PER_VD2 * info.vocab_size * info.hidden_size ** 2
+    return step * plan.steps * len(plan.full_lrs) * len(contexts.CONTEXTS)
+
+
+def zoo_models(zoo_name: str, budget: str) -> tuple[str, ...]:
     """The models a claims session covers: ``quick`` is SmolLM2 alone, ``full`` adds Qwen offline."""
-    if zoo not in ("offline", "paper"):
-        raise ValueError(f"zoo must be 'offline' or 'paper', got {zoo!r}")
+    if zoo_name not in ("offline", "paper"):
+        raise ValueError(f"zoo must be 'offline' or 'paper', got {zoo_name!r}")
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    if zoo == "paper":
+    if zoo_name == "paper":
         return ZOOS["paper"]
     return {"quick": ZOOS["offline"][:1], "standard": ZOOS["offline"], "full": ZOOS["offline-full"]}[budget]
 
 
-def select_models(models: str | None, zoo: str, budget: str) -> tuple[str, ...]:
+def parse_models(text: str) -> tuple[str, ...]:
+    """``"a,b"`` → ``("a", "b")``; an empty list or an empty item is a usage error (ValueError)."""
+    items = [m.strip() for m in text.split(",")]
+    if not any(items):
+        raise ValueError(f"the model list {text!r} names no model")
+    if not all(items):
+        raise ValueError(f"the model list {text!r} has an empty item")
+    return tuple(items)
+
+
+def select_models(models: str | None, zoo_name: str, budget: str) -> tuple[str, ...]:
     """The claims session's models: ``--models a,b`` if given, else the zoo under the budget."""
-    if models:
-        return tuple(m.strip() for m in models.split(",") if m.strip())
-    return zoo_models(zoo, budget)
+    return parse_models(models) if models is not None else zoo_models(zoo_name, budget)
 
 
-def plan_for(budget: str, model: str) -> Plan:
-    """The plan of one model under a budget; every reduction is named (issue time targets)."""
+def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
+    """The plan of one model under a budget, decided by its estimated cost; every reduction named."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
     if budget == "full":
         return Plan()
     lora_only_ref = "LoRA grid reduced to the reference LR 1e-3 (C4 checks those runs only)"
@@ -149,12 +198,178 @@ def plan_for(budget: str, model: str) -> Plan:
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
                     reductions=("full-FT sweep reduced to η_ref = 2e-5", "no saturation grid (C9 untested)",
                                 lora_only_ref, "no critical-LR bisection (C13 untested)"))
-    if model == "gemma3-270m":
+    cost = full_ft_seconds(info)
+    if cost > STANDARD_FULL_FT_S:
+        hours = f"≈{cost / 3600:.1f} h of single-thread fine-tuning > the standard budget's " \
+                f"{STANDARD_FULL_FT_S / 3600:.0f} h"
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
-                    reductions=("full-FT sweep reduced to η_ref = 2e-5: an instrumented full-FT step of "
-                                "Gemma-3 takes 2.9 s on 2 cores (1.2 s bare + 1.7 s, mostly the exact "
-                                "purity over 262,144 × 640²), so the 5-LR sweep alone (≈50 runs) takes ≈1 h",
-                                "no saturation grid (80 runs, ≈1.6 h): C9 without Gemma-3",
-                                "no critical-LR bisection (≈1 h more): C13 without Gemma-3",
-                                lora_only_ref))
+                    reductions=(f"full-FT sweep reduced to η_ref = 2e-5: its full-FT grid would take {hours}",
+                                "no saturation grid: C9 without this model",
+                                "no critical-LR bisection: C13 without this model", lora_only_ref))
     return Plan(lora=(LORA_REF,), reductions=(lora_only_ref,))
+
+
+# --- per-model laws ----------------------------------------------------------------------
+
+def _born_flipped(traj) -> bool:
+    return traj.diverged_at is None and bool(np.any(traj["phi"] > 0))
+
+
+def saturation_responses(campaign) -> dict[str, tuple[list[float], list[float]]]:
+    """Per usable context, ``(η, R(η) = Φ_T(η) − Φ_0)`` over the saturation grid (SPEC §5).
+
+    A run stopped at saturation contributes its last recorded Φ (within ~3e-4 of Φ_T);
+    diverged runs are left out.
+    """
+    out = {}
+    for context in campaign.usable:
+        done = [r for r in (campaign.run("full", lr, context) for lr in campaign.plan.saturation)
+                if r.diverged_at is None]
+        out[context] = ([r.meta["lr"] for r in done], [r["phi"][-1] - r["phi"][0] for r in done])
+    return out
+
+
+def saturation_fits(campaign, responses: dict | None = None) -> dict[str, laws.SaturationFit]:
+    """Per usable context with ≥ 3 completed runs, the saturation fit of its responses (SPEC §5)."""
+    responses = saturation_responses(campaign) if responses is None else responses
+    return {c: laws.fit_saturation(etas, resp) for c, (etas, resp) in responses.items() if len(etas) >= 3}
+
+
+def reduced_field_of(campaign) -> tuple[float | None, float | None]:
+    """``(η_sat(model), H_FT)``: median η_sat over contexts and ``η_ref / η_sat`` (SPEC §5)."""
+    fits = saturation_fits(campaign)
+    if not fits:
+        return None, None
+    eta_sat = float(np.median([f.eta_sat for f in fits.values()]))
+    return eta_sat, ETA_REF / eta_sat
+
+
+def lora_sufficiency(campaign) -> float:
+    """Fraction of usable contexts with a Born flip by T under LoRA at 1e-3 (SPEC §5)."""
+    runs = campaign.lora_reference()
+    return sum(map(_born_flipped, runs)) / len(runs)
+
+
+def burial_ft(campaign) -> float:
+    """``B_FT``: median step-0 burial depth over usable contexts (SPEC §6, C12)."""
+    return float(np.median([r["burial"][0] for r in campaign.reference()]))
+
+
+def bulk(campaign) -> dict:
+    """Bulk statistics of the model's embedding (SPEC §2), cached in the run store."""
+    return runs.bulk(campaign.model, store=campaign.store, loader=campaign.loader)
+
+
+def flip_fraction(campaign, lr: float) -> float:
+    """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
+
+    Contexts are run one by one (each run stops at its flip) until the ≥ ½ decision of
+    SPEC §5 is certain; the returned fraction counts unrun contexts as not flipping, so it
+    is exact about that decision (a lower bound on the full fraction).
+    """
+    usable = campaign.usable
+    need = math.ceil(len(usable) * CRITICAL_FRACTION)
+    flips = 0
+    for done, context in enumerate(usable, start=1):
+        flips += _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
+        if flips >= need or done - flips > len(usable) - need:
+            break
+    return flips / len(usable)
+
+
+def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL) -> laws.CriticalLR:
+    """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
+
+    The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
+    the first success); every other probe runs the contexts with ``stop="born_flip"``.
+    """
+    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
+
+    def fraction(lr: float) -> float:
+        if lr in grid:
+            return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
+        return flip_fraction(campaign, lr)
+
+    def compute() -> dict:
+        return dataclasses.asdict(laws.critical_lr(fraction, grid, rtol=rtol))
+
+    key = runs.key("critical_lr", campaign.model, grid=grid, steps=campaign.plan.steps, stop=campaign.plan.stop,
+                   rtol=rtol, contexts=campaign.usable)
+    d = campaign.store.get_or_compute(key, compute)
+    return laws.CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
+                      tuple(map(tuple, d["probes"])), d["converged"])
+
+
+def blind_statistic(campaign) -> laws.BlindQ:
+    """The model's blind ``q`` from step-0 gradients (SPEC §5), ``r`` cached per context."""
+    dz0, r = {}, {}
+    for context in campaign.usable:
+        out = runs.blind_r(campaign.model, context, campaign.orientations[context], store=campaign.store,
+                           loader=campaign.loader)
+        dz0[context], r[context] = out["dz0"], out["r"]
+    return laws.blind_q(dz0, r, campaign.plan.steps)
+
+
+@dataclass(frozen=True)
+class ModelLaws:
+    """One model's row of the laws table (SPEC §2, §5); None where its plan has no data."""
+
+    model: str
+    g2mean: float
+    shape: str
+    cls: str
+    eta_sat: float | None
+    h_ft: float | None
+    b_ft: float
+    lora_sufficiency: float
+    q: float | None
+    eta_c: float | None
+    eta_hat: float | None = None
+    rel_error: float | None = None
+
+
+def blind_predictions(campaigns: Sequence[Campaign]) -> tuple[list[laws.Prediction], dict[str, str]]:
+    """Leave-one-out blind predictions of η_c (SPEC §5, C13) over the campaigns that allow one.
+
+    A model takes part when its plan has the critical-LR bisection, its ``q`` exists (some
+    context has ``r > 0``) and its ``η_c`` lies on the grid. Each prediction is fixed before
+    the held-out model's ``η_c`` is read (:func:`phantom.laws.leave_one_out`).
+
+    Returns
+    -------
+    predictions : list of Prediction
+        Empty when fewer than two models take part.
+    excluded : dict of str to str
+        Every other model, with the reason it cannot take part.
+    """
+    q, excluded = {}, {}
+    for c in campaigns:
+        if not c.plan.eta_c:
+            excluded[c.model] = "no critical-LR bisection in its plan"
+        elif (bq := blind_statistic(c)).q is None:
+            excluded[c.model] = f"no context with r > 0 ({', '.join(bq.excluded)})"
+        elif (ec := critical_lr_of(c)).eta_c is None:
+            excluded[c.model] = f"η_c above the grid (probes {ec.probes})"
+        else:
+            q[c.model] = bq.q
+    by_model = {c.model: c for c in campaigns}
+    if len(q) < 2:
+        return [], excluded
+    return laws.leave_one_out(q, lambda m: critical_lr_of(by_model[m]).eta_c), excluded
+
+
+def laws_table(campaigns: Sequence[Campaign]) -> list[ModelLaws]:
+    """Every per-model law, then the leave-one-out blind predictions where ≥2 models allow."""
+    rows = {}
+    for c in campaigns:
+        b = bulk(c)
+        eta_sat, h = reduced_field_of(c) if c.plan.saturation else (None, None)
+        rows[c.model] = ModelLaws(
+            model=c.model, g2mean=b["g2mean"], shape=b["kind"], cls=b["cls"], eta_sat=eta_sat, h_ft=h,
+            b_ft=burial_ft(c), lora_sufficiency=lora_sufficiency(c),
+            q=blind_statistic(c).q if c.plan.eta_c else None,
+            eta_c=critical_lr_of(c).eta_c if c.plan.eta_c else None)
+    predictions, _ = blind_predictions(campaigns)
+    for p in predictions:
+        rows[p.model] = dataclasses.replace(rows[p.model], eta_hat=p.eta_hat, rel_error=p.rel_error)
+    return list(rows.values())

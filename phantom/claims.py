@@ -15,15 +15,11 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from . import laws, transitions
+from .protocol import (BLIND_REL_ERROR_MAX, BURIAL_MIN_MODELS, BURIAL_RHO_MIN, C5_MIN_JUMPS,
+                       DECOMPOSITION_TOL, H_CV_MAX, SPEARMAN_LORA_MAX, SUFFICIENCY_SPLIT)
 from .trajectory import Trajectory
 
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable"
-DECOMPOSITION_TOL = 1e-6      # C2
-SPEARMAN_LORA_MAX = 0.3       # C5b
-H_CV_MAX = 0.10               # C9
-SUFFICIENCY_SPLIT = 0.8       # C11
-BURIAL_RHO_MIN = 0.8          # C12
-BLIND_REL_ERROR_MAX = 0.021   # C13
 
 
 @dataclass(frozen=True)
@@ -163,7 +159,7 @@ def c5_jumps_lora(model: str, lora_reference: Sequence[Trajectory]) -> Verdict:
     if not runs:
         return not_testable("C5", model, "no completed LoRA run")
     n_jump = sum(transitions.jumps(r) for r in runs)
-    return _verdict("C5", model, n_jump >= 2, f"{n_jump}/{len(runs)} jump", len(runs), n_jump=n_jump)
+    return _verdict("C5", model, n_jump >= C5_MIN_JUMPS, f"{n_jump}/{len(runs)} jump", len(runs), n_jump=n_jump)
 
 
 def c5b_smooth_lora(model: str, lora_reference: Sequence[Trajectory]) -> Verdict:
@@ -248,7 +244,7 @@ def c11_lora_sufficiency(classes: Mapping[str, str], sufficiency: Mapping[str, f
 def c12_burial_laws(b_ft: Mapping[str, float], g2mean: Mapping[str, float], h: Mapping[str, float]) -> Verdict:
     """C12 (zoo): Spearman(B_FT, G²mean) ≥ 0.8 and Spearman(B_FT, H) ≤ −0.8 over ≥3 models."""
     models = [m for m in b_ft if m in g2mean and m in h]
-    if len(models) < 3:
+    if len(models) < BURIAL_MIN_MODELS:
         return not_testable("C12", "zoo", f"needs ≥3 models, have {len(models)}", len(models))
     rho_g = laws.spearman([b_ft[m] for m in models], [g2mean[m] for m in models])
     rho_h = laws.spearman([b_ft[m] for m in models], [h[m] for m in models])

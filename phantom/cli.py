@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import contexts, store, zoo
-from .dynamics import MODES
+from . import campaign, contexts, files, runs, store, zoo
+from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
 
@@ -106,12 +106,12 @@ class _Loader:
 
     def __call__(self, name: str):
         self.calls += 1
-        if store.SLOT.name != name or self.always:
+        if runs.SLOT.name != name or self.always:
             self.clock(f"loading model {name} …")
-            info = store.SLOT(name).info
+            info = runs.SLOT(name).info
             self.clock(f"  loaded: {info.family}, {info.n_params / 1e6:.1f}M parameters, "
                        f"{'tied' if info.tied else 'untied'} head")
-        return store.SLOT(name)
+        return runs.SLOT(name)
 
 
 # --- `run` ----------------------------------------------------------------------------
@@ -196,16 +196,16 @@ def lr_tag(lr: float) -> str:
 def output_stem(model: str, context: str, mode: str, lr: float, steps: int, seed: int) -> str:
     """``<model>_<context>_<mode>_lr<lr>``, plus ``_T<steps>`` / ``_seed<seed>`` when not the defaults."""
     stem = f"{safe_name(model)}_{context}_{mode}_lr{lr_tag(lr)}"
-    if steps != 30:
+    if steps != STEPS:
         stem += f"_T{steps}"
-    if seed != 0:
+    if seed != SEED:
         stem += f"_seed{seed}"
     return stem
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON atomically (:func:`phantom.store.write_atomic`)."""
-    store.write_atomic(path, json.dumps(obj, indent=1) + "\n")
+    """Write ``obj`` as JSON atomically (:func:`phantom.files.write_atomic`)."""
+    files.write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def check_device(device: str, no_store: bool) -> None:
@@ -228,9 +228,9 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                    help="full fine-tuning or LoRA (rank 8, query/value projections) (required)")
     p.add_argument("--lr", required=True, type=_positive_float, metavar="LR",
                    help="constant AdamW learning rate, a positive finite number (required)")
-    p.add_argument("--steps", type=_positive_int, default=30, metavar="T",
+    p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
                    help="number of updates T, at least 1 (default: %(default)s)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=_non_negative_int, default=SEED,
                    help="torch seed (default: %(default)s)")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="directory for the JSON and PNG outputs (default: ./%(default)s)")
@@ -243,7 +243,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import dynamics, store, transitions
+    from . import dynamics, transitions
     from .plots import plot_trajectory
 
     clock = _Clock()
@@ -261,13 +261,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = "computed (--no-store)"
     else:
         clock(f"checking model {args.model} (run store: {store.default_root()}) …")
-        store.weights_sha256(args.model)
+        runs.weights_sha256(args.model)
         loader = _Loader(clock)
         clock(f"orienting {context.id!r} …")
-        store.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
+        runs.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
         clock(f"{what}, unless already in the run store …")
         before = loader.calls
-        traj = store.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
+        traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
                                 seed=args.seed, loader=loader)
         source = "run store (computed now)" if loader.calls > before else "run store (cached)"
     if source == "run store (cached)":
@@ -299,10 +299,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- `laws` ---------------------------------------------------------------------------
 
 def configure_laws(p: argparse.ArgumentParser) -> None:
-    from .campaign import BUDGETS, ZOOS
-    p.add_argument("--models", default=",".join(ZOOS["offline"]),
+    p.add_argument("--models", default=",".join(campaign.ZOOS["offline"]),
                    help="comma-separated zoo names, hub ids or local dirs (default: %(default)s)")
-    p.add_argument("--budget", default="standard", choices=BUDGETS,
+    p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
                    help="which runs each model gets, as in the claim suite (default: %(default)s)")
     p.add_argument("--out", default="out", metavar="DIR",
                    help="directory for laws.json and the PNG plots (default: ./%(default)s)")
@@ -313,16 +312,15 @@ def _fmt(x, spec: str) -> str:
 
 
 def cmd_laws(args: argparse.Namespace) -> int:
-    from . import campaign as cmp
-    from . import laws, plots
+    from . import plots
 
     clock = _Clock()
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = campaign.parse_models(args.models)
     for m in models:
         zoo.check_name(m)
-    campaigns = [cmp.Campaign(m, cmp.plan_for(args.budget, m)) for m in models]
+    campaigns = [campaign.Campaign.for_budget(m, args.budget) for m in models]
     clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
-    rows = laws.laws_table(campaigns)
+    rows = campaign.laws_table(campaigns)
     clock("done")
     width = max([16] + [len(r.model) for r in rows])   # whole names: pythia-70m ≠ pythia-410m
     head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
@@ -340,7 +338,8 @@ def cmd_laws(args: argparse.Namespace) -> int:
         written = [out / "laws.json"]
         for c in campaigns:
             if c.plan.saturation:
-                written.append(plots.plot_saturation(c, laws.saturation_fits(c),
+                responses = campaign.saturation_responses(c)
+                written.append(plots.plot_saturation(c.model, responses, campaign.saturation_fits(c, responses),
                                                      out / f"saturation_{safe_name(c.model)}.png"))
         written.append(plots.plot_prediction(rows, out / "critical_lr.png"))
     except OSError as err:

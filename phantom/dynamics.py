@@ -19,17 +19,15 @@ import torch.nn.functional as F
 
 from . import contexts as ctx
 from . import geometry
+from .protocol import (BETAS, EPS, LORA_ALPHA, LORA_DROPOUT, LORA_RANK, MODES, PROTOCOL_VERSION, SEED,
+                       STEPS, WEIGHT_DECAY)
 from .trajectory import SERIES, Trajectory
 
-PROTOCOL_VERSION = 1
-BETAS, EPS = (0.9, 0.999), 1e-8           # SPEC §4 AdamW, weight decay 0, no warm-up, no clipping
-LORA_RANK, LORA_ALPHA = 8, 16             # SPEC §4 LoRA, dropout 0
 LORA_TARGETS = {                          # the attention query and value projections
     "llama": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"), "gemma3": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"), "gemma": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
     "mistral": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",),
 }
-MODES = ("full", "lora")
 STOPS = ("never", "saturated", "born_flip")
 SATURATION_EPS = 1e-4   # stop="saturated": after both flips, once p_g ≥ 1 − ε (Φ then moves ≤ ~3ε more)
 
@@ -63,7 +61,7 @@ def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
     model = copy.deepcopy(loaded.model).to(device).eval()
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
-        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
+        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, bias="none",
                             target_modules=list(lora_targets(model.config.model_type)))
         model = get_peft_model(model, config)
         frozen = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
@@ -76,7 +74,7 @@ def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
 def optimizer(model, lr: float) -> torch.optim.AdamW:
     """SPEC §4 AdamW over the trainable parameters (fused kernel: 2× faster on CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0, fused=True)
+    return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=True)
 
 
 class _HeadInput:
@@ -162,7 +160,7 @@ def _should_stop(stop: str, rows: list[dict]) -> bool:
             and rows[-1]["p_g"] >= 1.0 - SATURATION_EPS)
 
 
-def run(loaded, context, *, mode: str, lr: float, steps: int = 30, seed: int = 0,
+def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int = SEED,
         device: str | torch.device = "cpu", pair: ctx.Pair | None = None, stop: str = "never") -> Trajectory:
     """Fine-tune on one context and record ``t = 0..T`` (SPEC §4).
 

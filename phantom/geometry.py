@@ -14,10 +14,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .protocol import BULK_PAIRS, BULK_SEED, CLASS_A_BAND, CLASS_B_BAND
+
 _CHUNK = 65_536  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
 
-CLASS_A_BAND = (0.045, 0.097)  # SPEC §2 (Fig. 6): dense Gaussian bulk
-CLASS_B_BAND = (0.002, 0.003)  # SPEC §2 (Fig. 6): sparse exponential bulk
 
 
 class BornGap(NamedTuple):
@@ -198,7 +198,7 @@ def sample_overlaps(psi, n_pairs: int, seed: int) -> np.ndarray:
     return out
 
 
-def bulk_shape(psi, n_pairs: int = 1_000_000, seed: int = 0) -> BulkShape:
+def bulk_shape(psi, n_pairs: int = BULK_PAIRS, seed: int = BULK_SEED) -> BulkShape:
     """Gaussian vs Laplace maximum-likelihood fit of sampled off-diagonal overlaps (SPEC §2)."""
     x = sample_overlaps(psi, n_pairs, seed)
     mean, std = float(x.mean()), float(x.std())

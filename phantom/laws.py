@@ -1,7 +1,8 @@
 """Cross-model laws of SPEC §5: saturation, critical LR, blind predictor, statistics.
 
-Pure maths on plain numbers and callables; nothing here touches a model. The callers
-(claims code) measure the inputs and pass them in:
+Pure maths on plain numbers and callables: nothing here imports a model, the run store or
+the fine-tuning engine. The run layer (:mod:`phantom.campaign`) measures the inputs and
+passes them in:
 
 - :func:`fit_saturation` fits ``R(η) = R_∞ (1 − exp(−η/η_sat))`` by least squares to the
   response ``R(η) = Φ_T(η) − Φ_0`` of one context over a learning-rate grid;
@@ -15,15 +16,13 @@ Pure maths on plain numbers and callables; nothing here touches a model. The cal
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-#: Reference learning rate η_ref of the reduced field ``H = η_ref / η_sat`` (SPEC §5).
-ETA_REF = 2e-5
+from .protocol import CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF
 
 # Search range of η_sat relative to the LR grid: [min η / SAT_SPAN, max η · SAT_SPAN].
 SAT_SPAN = 100.0
@@ -310,7 +309,7 @@ class CriticalLR:
 
 
 def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], *,
-                rtol: float = 0.01, known: Mapping[float, float] | None = None) -> CriticalLR:
+                rtol: float = CRITICAL_RTOL, known: Mapping[float, float] | None = None) -> CriticalLR:
     """Locate ``η_c`` by a grid scan then bisection in log η (SPEC §5).
 
     ``η_c`` is the smallest full-FT LR at which the Born flip happens by ``T`` for at least
@@ -381,7 +380,7 @@ def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], 
 
     hi_idx = None
     for i, eta in enumerate(g):
-        if f(eta) >= 0.5:
+        if f(eta) >= CRITICAL_FRACTION:
             hi_idx = i
             break
     if hi_idx is None:
@@ -396,7 +395,7 @@ def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], 
         if not (lo < mid < hi):          # floating-point exhaustion (rtol far below eps)
             converged = False
             break
-        if f(mid) >= 0.5:
+        if f(mid) >= CRITICAL_FRACTION:
             hi = mid
         else:
             lo = mid
@@ -617,160 +616,3 @@ def leave_one_out(q: Mapping[str, float | None],
         out.append(Prediction(model=m, q=qs[m], k=k, eta_hat=eta_hat, eta_c=ec,
                               rel_error=abs(eta_hat - ec) / ec))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Per-model laws measured through a campaign (runs served by the run store)
-# --------------------------------------------------------------------------------------------
-
-def _born_flipped(traj) -> bool:
-    return traj.diverged_at is None and bool(np.any(traj["phi"] > 0))
-
-
-def saturation_fits(campaign) -> dict[str, SaturationFit]:
-    """Per usable context, the fit of ``R(η) = Φ_T(η) − Φ_0`` over the saturation grid (SPEC §5).
-
-    A run stopped at saturation contributes its last recorded Φ (within ~3e-4 of Φ_T);
-    diverged runs are left out of their context's fit.
-    """
-    fits = {}
-    for context in campaign.usable:
-        runs = [campaign.run("full", lr, context) for lr in campaign.plan.saturation]
-        done = [r for r in runs if r.diverged_at is None]
-        if len(done) >= 3:
-            fits[context] = fit_saturation([r.meta["lr"] for r in done],
-                                           [r["phi"][-1] - r["phi"][0] for r in done])
-    return fits
-
-
-def reduced_field_of(campaign) -> tuple[float | None, float | None]:
-    """``(η_sat(model), H_FT)``: median η_sat over contexts and ``η_ref / η_sat`` (SPEC §5)."""
-    fits = saturation_fits(campaign)
-    if not fits:
-        return None, None
-    eta_sat = float(np.median([f.eta_sat for f in fits.values()]))
-    return eta_sat, ETA_REF / eta_sat
-
-
-def lora_sufficiency(campaign) -> float:
-    """Fraction of usable contexts with a Born flip by T under LoRA at 1e-3 (SPEC §5)."""
-    runs = campaign.lora_reference()
-    return sum(map(_born_flipped, runs)) / len(runs)
-
-
-def burial_ft(campaign) -> float:
-    """``B_FT``: median step-0 burial depth over usable contexts (SPEC §6, C12)."""
-    return float(np.median([r["burial"][0] for r in campaign.reference()]))
-
-
-def bulk(campaign) -> dict:
-    """Bulk statistics of the model's embedding (SPEC §2), cached in the run store."""
-    from . import geometry, store
-
-    def compute() -> dict:
-        E = campaign.loader(campaign.model).model.get_input_embeddings().weight.detach()
-        psi = geometry.normalize_rows(E)
-        g2 = geometry.g2_mean(psi)
-        shape = geometry.bulk_shape(psi)
-        return {"g2mean": g2, **shape._asdict(), "cls": geometry.classify(g2, shape.kind)}
-
-    key = {"kind": "bulk", "weights_sha256": store.weights_sha256(campaign.model),
-           "code_sha256": store.code_sha256()}
-    return campaign.store.get_or_compute(key, compute)
-
-
-def flip_fraction(campaign, lr: float) -> float:
-    """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
-
-    Contexts are run one by one (each run stops at its flip) until the ≥ ½ decision of
-    SPEC §5 is certain; the returned fraction counts unrun contexts as not flipping, so it
-    is exact about that decision (a lower bound on the full fraction).
-    """
-    usable = campaign.usable
-    need = math.ceil(len(usable) / 2)
-    flips = 0
-    for done, context in enumerate(usable, start=1):
-        flips += _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
-        if flips >= need or done - flips > len(usable) - need:
-            break
-    return flips / len(usable)
-
-
-def critical_lr_of(campaign, *, rtol: float = 0.01) -> CriticalLR:
-    """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
-
-    The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
-    the first success); every other probe runs the contexts with ``stop="born_flip"``.
-    """
-    from . import store
-    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
-
-    def fraction(lr: float) -> float:
-        if lr in grid:
-            return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
-        return flip_fraction(campaign, lr)
-
-    def compute() -> dict:
-        return dataclasses.asdict(critical_lr(fraction, grid, rtol=rtol))
-
-    key = {"kind": "critical_lr", "weights_sha256": store.weights_sha256(campaign.model), "grid": grid, "steps": campaign.plan.steps, "stop": campaign.plan.stop,
-           "rtol": rtol, "contexts": campaign.usable, "code_sha256": store.code_sha256()}
-    d = campaign.store.get_or_compute(key, compute)
-    return CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
-                      tuple(map(tuple, d["probes"])), d["converged"])
-
-
-def blind_statistic(campaign) -> BlindQ:
-    """The model's blind ``q`` from step-0 gradients (SPEC §5), ``r`` cached per context."""
-    from . import dynamics, store
-    dz0, r = {}, {}
-    for context in campaign.usable:
-        pair = campaign.orientations[context]
-        key = {"kind": "blind_r", "weights_sha256": store.weights_sha256(campaign.model),
-               "context": context, "orientation": [pair.g_word, pair.c_word],
-               "code_sha256": store.code_sha256()}
-        out = campaign.store.get_or_compute(
-            key, lambda c=context, p=pair: dynamics.blind_r(campaign.loader(campaign.model), c, p))
-        dz0[context], r[context] = out["dz0"], out["r"]
-    return blind_q(dz0, r, campaign.plan.steps)
-
-
-@dataclass(frozen=True)
-class ModelLaws:
-    """One model's row of the laws table (SPEC §2, §5); None where its plan has no data."""
-
-    model: str
-    g2mean: float
-    shape: str
-    cls: str
-    eta_sat: float | None
-    h_ft: float | None
-    b_ft: float
-    lora_sufficiency: float
-    q: float | None
-    eta_c: float | None
-    eta_hat: float | None = None
-    rel_error: float | None = None
-
-
-def laws_table(campaigns: Sequence) -> list[ModelLaws]:
-    """Every per-model law, then the leave-one-out blind predictions where ≥2 models allow."""
-    rows = {}
-    for c in campaigns:
-        b = bulk(c)
-        eta_sat, h = reduced_field_of(c) if c.plan.saturation else (None, None)
-        rows[c.model] = dict(model=c.model, g2mean=b["g2mean"], shape=b["kind"], cls=b["cls"],
-                             eta_sat=eta_sat, h_ft=h, b_ft=burial_ft(c), lora_sufficiency=lora_sufficiency(c),
-                             q=blind_statistic(c).q if c.plan.eta_c else None, eta_c=None)
-    eligible = {c.model: c for c in campaigns if rows[c.model]["q"] is not None}
-    if len(eligible) >= 2:
-        try:
-            for p in leave_one_out({m: rows[m]["q"] for m in eligible},
-                                   lambda m: critical_lr_of(eligible[m]).eta_c):
-                rows[p.model].update(eta_c=p.eta_c, eta_hat=p.eta_hat, rel_error=p.rel_error)
-        except ValueError:   # some η_c lies outside the grid: no prediction can be scored
-            pass
-    for m, c in eligible.items():
-        if rows[m]["eta_c"] is None:
-            rows[m]["eta_c"] = critical_lr_of(c).eta_c
-    return [ModelLaws(**r) for r in rows.values()]

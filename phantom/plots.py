@@ -79,7 +79,7 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename)."""
-    from .store import write_atomic
+    from .files import write_atomic
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
@@ -115,25 +115,33 @@ def plot_runs(runs: dict[str, Trajectory], series: tuple[str, ...], path: str | 
     return _save(fig, path)
 
 
-def claims_figures(campaign, outdir: str | os.PathLike) -> dict[str, Path]:
-    """The representative runs linked from CLAIMS.md, from one model's campaign.
+def claims_figures(model: str, reference: list[Trajectory], lora_reference: list[Trajectory],
+                   outdir: str | os.PathLike) -> dict[str, Path]:
+    """The representative runs linked from CLAIMS.md, from one model's recorded runs.
 
     The η_ref context with the largest jump ratio J (the jumping one, if any) and the one
     with the smallest: their full-FT runs, the same pair under LoRA, and the readout series
     (Δz, a_g, a_c) of the first, whose smoothness C6 tests.
+
+    Parameters
+    ----------
+    model : str
+    reference, lora_reference : list of Trajectory
+        The model's full-FT runs at η_ref and LoRA runs at the LoRA reference LR.
+    outdir : path
     """
-    from .campaign import ETA_REF, LORA_REF
+    from .protocol import ETA_REF, LORA_REF
     from .transitions import jump, jumps
     outdir = Path(outdir)
-    ref = sorted(campaign.reference(), key=lambda r: jump(r["phi"]).ratio)
+    ref = sorted(reference, key=lambda r: jump(r["phi"]).ratio)
     hi, lo = ref[-1], ref[0]
+    lora_by_context = {r.meta["context"]: r for r in lora_reference}
 
     def label(r):
         a = jump(r["phi"])
         return f"{r.meta['context']} (G_max {r.g_max:.2f}, J {a.ratio:.3g}{', jumps' if jumps(r) else ''})"
 
-    lora = {label(r): r for r in (campaign.run("lora", LORA_REF, t.meta["context"]) for t in (hi, lo))}
-    model = campaign.model
+    lora = {label(r): r for r in (lora_by_context[t.meta["context"]] for t in (hi, lo))}
     return {
         f"{model}: full FT at η_ref, largest vs smallest J": plot_runs(
             {label(hi): hi, label(lo): lo}, ("phi", "signal", "drag"), outdir / "full_ft.png",
@@ -146,24 +154,26 @@ def claims_figures(campaign, outdir: str | os.PathLike) -> dict[str, Path]:
     }
 
 
-def plot_saturation(campaign, fits: dict, path: str | os.PathLike) -> Path:
-    """Measured ``R(η) = Φ_T − Φ_0`` and its fitted saturation curve per context (SPEC §5)."""
+def plot_saturation(model: str, responses: dict, fits: dict, path: str | os.PathLike) -> Path:
+    """Measured ``R(η) = Φ_T − Φ_0`` and its fitted saturation curve per context (SPEC §5).
+
+    ``responses`` maps a context to its ``(etas, R)`` points, ``fits`` a context to its
+    :class:`phantom.laws.SaturationFit` (only fitted contexts are drawn).
+    """
     import numpy as np
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, (context, fit) in enumerate(fits.items()):
-        runs = [campaign.run("full", lr, context) for lr in campaign.plan.saturation]
-        runs = [r for r in runs if r.diverged_at is None]      # as in the fit: no Φ_T to plot
-        etas = [r.meta["lr"] for r in runs]
-        ax.plot(etas, [r["phi"][-1] - r["phi"][0] for r in runs], "o", color=f"C{i % 10}", ms=4)
+        etas, resp = responses[context]
+        ax.plot(etas, resp, "o", color=f"C{i % 10}", ms=4)
         grid = np.geomspace(min(etas), max(etas), 100)
         ax.plot(grid, fit.r_inf * (1 - np.exp(-grid / fit.eta_sat)), color=f"C{i % 10}", lw=1,
                 label=f"{context} η_sat={fit.eta_sat:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate η (full FT)")
     ax.set_ylabel("R(η) = Φ_T − Φ_0")
-    ax.set_title(f"{campaign.model}: saturation fits", fontsize=10)
+    ax.set_title(f"{model}: saturation fits", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

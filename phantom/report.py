@@ -120,7 +120,7 @@ def render(verdicts: Sequence[Verdict], session: Session) -> str:
 
 def write(path: str | os.PathLike, verdicts: Sequence[Verdict], session: Session) -> None:
     """Write CLAIMS.md atomically."""
-    from .store import write_atomic
+    from .files import write_atomic
     write_atomic(path, render(verdicts, session))
 
 

@@ -42,32 +42,24 @@ Guarantees
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import functools
-import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import platform
 import socket
-import tempfile
 import time
 import warnings
-from contextlib import contextmanager, nullcontext, suppress
-from typing import Any, Callable, Iterator
+from contextlib import suppress
+from typing import Any, Callable
+
+from .files import exclusive_lock, write_atomic
 
 FORMAT = 1
 """Version of the entry file format written and accepted by :class:`RunStore`."""
 
 _RECORD_FIELDS = ("format", "key", "key_sha256", "payload", "payload_sha256", "provenance")
-
-
-# (kind, key hash) of every entry this process asked for / computed: a claims session
-# reports them to tell a cold store (everything computed) from a warm one (nothing).
-REQUESTED: set[tuple[str, str]] = set()
-COMPUTED: set[tuple[str, str]] = set()
 
 
 class StoreWarning(UserWarning):
@@ -208,43 +200,6 @@ def _warn_corrupt(path: pathlib.Path, reason: str) -> None:
                   StoreWarning, stacklevel=3)
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either nothing or all of it.
-
-    The data go to a temporary file in the same directory, are flushed and fsynced,
-    then renamed over ``path`` (mode 0644); the temporary file is removed if anything
-    fails. Every file phantom writes goes through here.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                      delete=False)
-    try:
-        with tmp:
-            tmp.write(raw)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, 0o644)   # NamedTemporaryFile creates 0600
-        os.replace(tmp.name, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp.name)
-        raise
-
-
-@contextmanager
-def exclusive_lock(path: pathlib.Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
 def _provenance(wall_s: float) -> dict:
     """Where, when and how fast an entry was computed."""
     return {
@@ -269,11 +224,16 @@ class RunStore:
     ----------
     root : pathlib.Path
         The store directory.
+    requested, computed : set of (str, str)
+        ``(kind, key hash)`` of every entry asked for / computed through this instance.
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = pathlib.Path(root) if root is not None else default_root()
-        self.computed = 0   # entries this instance computed (not served from disk)
+        # (kind, key hash) of every entry asked for / computed through this instance: a claims
+        # session reports them to tell a cold store (everything computed) from a warm one.
+        self.requested: set[tuple[str, str]] = set()
+        self.computed: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -337,7 +297,7 @@ class RunStore:
             Whatever ``compute`` raises; nothing is written and the lock is released.
         """
         h = key_hash(key)
-        REQUESTED.add((key.get("kind", ""), h))
+        self.requested.add((key.get("kind", ""), h))
         path = self._path(h, ".json")
         with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
             record = _load(path, h)
@@ -371,120 +331,5 @@ class RunStore:
             "provenance": _provenance(wall_s),
         }
         write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
-        self.computed += 1
-        COMPUTED.add((key.get("kind", ""), h))
+        self.computed.add((key.get("kind", ""), h))
         return record
-
-
-# --- trajectories -----------------------------------------------------------------
-# A run's key holds everything that determines its trajectory (SPEC §4): the weights'
-# sha256, the context (id, text, pair), its orientation on the model, mode, lr, steps,
-# seed, the protocol version, a hash of the code that computes it, and the versions of
-# torch / transformers / peft. The orientation is itself a cached result, so a warm store
-# answers without loading any model.
-
-_CODE = ("dynamics.py", "geometry.py", "contexts.py", "trajectory.py")
-HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
-
-
-def code_sha256() -> str:
-    """sha256 over the source of the modules that compute a trajectory."""
-    here = pathlib.Path(__file__).parent
-    digest = hashlib.sha256()
-    for name in _CODE:
-        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
-    return digest.hexdigest()
-
-
-def versions() -> dict:
-    """Versions that can change a trajectory's numbers."""
-    import peft
-    import torch
-    import transformers
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
-
-
-class ModelSlot:
-    """Keeps at most one loaded model per process (memory: one model at a time)."""
-
-    def __init__(self):
-        self.name, self.loaded = None, None
-
-    def __call__(self, name: str):
-        if name != self.name:
-            from . import zoo
-            self.name, self.loaded = None, None   # free the old model before loading the next
-            self.loaded, self.name = zoo.load(name), name
-        return self.loaded
-
-
-SLOT = ModelSlot()
-
-
-def _context_key(context) -> dict:
-    return {"id": context.id, "text": context.text, "pair": list(context.pair)}
-
-
-@functools.lru_cache(maxsize=None)
-def weights_sha256(model: str) -> str:
-    """The model's weights hash (offline names: from the verified cache manifest, no load)."""
-    from . import zoo
-    if model in zoo.OFFLINE:
-        return zoo.describe(model).weights_sha256
-    return SLOT(model).info.weights_sha256
-
-
-def orientation(model: str, context, *, store: RunStore | None = None, loader: Callable = SLOT):
-    """The cached :class:`phantom.contexts.Pair` of a context on a model (SPEC §3).
-
-    An unusable context is cached too and raises :class:`phantom.contexts.ContextUnusable`.
-    """
-    from . import contexts
-
-    def compute() -> dict:
-        try:
-            return dataclasses.asdict(contexts.orient(context, loader(model)))
-        except contexts.ContextUnusable as err:
-            return {"unusable": str(err)}
-
-    key = {"kind": "orientation", "weights_sha256": weights_sha256(model),
-           "context": _context_key(context), "code_sha256": code_sha256()}
-    payload = (store or RunStore()).get_or_compute(key, compute)
-    if "unusable" in payload:
-        raise contexts.ContextUnusable(payload["unusable"])
-    return contexts.Pair(**payload)
-
-
-def trajectory(model: str, context, *, mode: str, lr: float, steps: int = 30, seed: int = 0,
-               stop: str = "never", store: RunStore | None = None, loader: Callable = SLOT):
-    """A run from the store, computed (once across all processes) on a miss (SPEC §4).
-
-    Parameters
-    ----------
-    model : str
-        Zoo name, local directory or hub id (loaded through ``loader`` only on a miss).
-    context : phantom.contexts.Context or str
-    mode, lr, steps, seed, stop
-        As :func:`phantom.dynamics.run`.
-    """
-    from . import contexts, dynamics
-    from .trajectory import Trajectory
-    dynamics.validate(mode, lr, steps, stop)   # before any model is loaded
-    context = contexts.get(context) if isinstance(context, str) else context
-    store = store or RunStore()
-    pair = orientation(model, context, store=store, loader=loader)
-    key = {"kind": "trajectory", "weights_sha256": weights_sha256(model), "context": _context_key(context),
-           "orientation": [pair.g_word, pair.c_word], "mode": mode, "lr": float(lr), "steps": steps,
-           "seed": seed, "stop": stop, "protocol_version": dynamics.PROTOCOL_VERSION, "code_sha256": code_sha256(),
-           "versions": versions()}
-
-    def compute() -> dict:
-        loaded = loader(model)
-        heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
-        with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
-            traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
-                                stop=stop)
-        return traj.to_dict()
-
-    return Trajectory.from_dict(store.get_or_compute(key, compute))

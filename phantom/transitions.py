@@ -1,7 +1,7 @@
 """Jump, flip and silent-failure read-outs of a recorded run (SPEC §5).
 
-Every definition here is pre-registered in SPEC §5; the thresholds are module
-constants and must not be tuned after seeing data.
+Every definition here is pre-registered in SPEC §5; the thresholds come from
+:mod:`phantom.protocol` and must not be tuned after seeing data.
 
 - ``ΔΦ_t = Φ_{t+1} − Φ_t``; the largest step is ``t* = argmax_t |ΔΦ_t|`` (first on ties).
 - Jump ratio ``J = |ΔΦ_{t*}| / median_{0≤t≤t*} |ΔΦ_t|``.
@@ -17,14 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from phantom.trajectory import Trajectory
+from .protocol import (JUMP_RATIO, JUMP_SIZE, KINEMATIC_SIGNAL, LOSS_TOLERANCE, QUIESCENT,
+                       STRUCTURAL_DRAG)
+from .trajectory import Trajectory
 
-JUMP_RATIO = 10.0          # J ≥ 10 is a jump; J < 10 is smooth
-JUMP_SIZE = 0.05           # |ΔΦ_{t*}| ≥ 0.05 (1 − G_max²)
-QUIESCENT = 0.1            # quiet step: |ΔΦ_t| < 0.1 |ΔΦ_{t*}|
-LOSS_TOLERANCE = 1e-6      # non-increasing loss: L_{t+1} ≤ L_t + 1e-6
-KINEMATIC_SIGNAL = 0.1     # kinematic: |S_t| ≤ 0.1 (1 − G_max²) for all t
-STRUCTURAL_DRAG = -0.01    # structural: D_T − D_0 < −0.01
 READOUTS = ("dz", "a_g", "a_c")
 
 

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub at 
 
 import torch  # noqa: E402
 
-from .store import exclusive_lock  # noqa: E402
+from .files import exclusive_lock  # noqa: E402
 
 MANIFEST = "phantom.json"
 CACHE_FORMAT = 1

@@ -1,0 +1,198 @@
+"""The run layer: models, cache keys and the cached per-model computations (SPEC §3–§5).
+
+Everything that loads a model or fine-tunes one goes through here, and every run-store
+key is built by :func:`key`, the one key builder. A key holds everything that determines
+its entry: the weights' sha256, the entry's own fields (context, orientation, mode, LR, …),
+the versions of torch / transformers / peft / python, and a sha256 over the source of
+every module that computes that kind of entry (:data:`SOURCES`), so that changing, say,
+the critical-LR bisection is never served an old ``η_c``. The orientation is itself a
+cached entry, so a warm store answers without loading any model.
+
+Kinds of entry:
+
+=============  ==========================================  ==================
+kind           payload                                     computed by
+=============  ==========================================  ==================
+orientation    the context's :class:`~phantom.contexts.Pair`  :func:`orientation`
+trajectory     a :class:`~phantom.trajectory.Trajectory`    :func:`trajectory`
+blind_r        step-0 ``r`` and ``Δz_0`` of one context     :func:`blind_r`
+bulk           ``G²mean``, bulk shape and class             :func:`bulk`
+critical_lr    the η_c bisection of one model               :mod:`phantom.campaign`
+=============  ==========================================  ==================
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import pathlib
+import platform
+from contextlib import nullcontext
+from typing import Callable
+
+from . import contexts, dynamics, geometry, zoo
+from .files import exclusive_lock
+from .protocol import SEED, STEPS
+from .store import RunStore
+from .trajectory import Trajectory
+
+# The modules whose source computes each kind of entry (runs.py itself orchestrates all).
+_TRAJECTORY = ("dynamics.py", "geometry.py", "contexts.py", "trajectory.py", "protocol.py", "runs.py")
+SOURCES: dict[str, tuple[str, ...]] = {
+    "orientation": ("contexts.py", "geometry.py", "runs.py"),
+    "trajectory": _TRAJECTORY,
+    "blind_r": ("dynamics.py", "contexts.py", "protocol.py", "runs.py"),
+    "bulk": ("geometry.py", "protocol.py", "runs.py"),
+    "critical_lr": _TRAJECTORY + ("campaign.py", "laws.py"),
+}
+PACKAGE = pathlib.Path(__file__).parent
+HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
+
+
+def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
+    """sha256 over the source of every module that computes entries of ``kind``."""
+    try:
+        names = SOURCES[kind]
+    except KeyError:
+        raise ValueError(f"unknown run-store entry kind {kind!r}; known: {', '.join(SOURCES)}") from None
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def versions() -> dict:
+    """Versions that can change a result's numbers."""
+    import peft
+    import torch
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+@functools.lru_cache(maxsize=None)
+def _code(kind: str) -> str:
+    return code_sha256(kind)
+
+
+def key(kind: str, model: str, **fields) -> dict:
+    """The run-store key of an entry of ``kind`` for ``model`` (the one key builder).
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`SOURCES`.
+    model : str
+        Zoo name, local directory or hub id; the key holds its weights' sha256, not its name.
+    **fields
+        JSON-able facts that determine the entry (context, mode, LR, …).
+    """
+    return {"kind": kind, "weights_sha256": weights_sha256(model), **fields,
+            "code_sha256": _code(kind), "versions": versions()}
+
+
+class ModelSlot:
+    """Keeps at most one loaded model per process (memory: one model at a time)."""
+
+    def __init__(self):
+        self.name, self.loaded = None, None
+
+    def __call__(self, name: str) -> zoo.Loaded:
+        if name != self.name:
+            self.name, self.loaded = None, None   # free the old model before loading the next
+            self.loaded, self.name = zoo.load(name), name
+        return self.loaded
+
+
+SLOT = ModelSlot()
+
+
+@functools.lru_cache(maxsize=None)
+def model_info(model: str) -> zoo.ModelInfo:
+    """The model's facts (offline names: from the verified cache manifest, no load)."""
+    if model in zoo.OFFLINE:
+        return zoo.describe(model)
+    return SLOT(model).info
+
+
+def weights_sha256(model: str) -> str:
+    """The model's weights hash (SPEC §7: recorded with every result and in every key)."""
+    return model_info(model).weights_sha256
+
+
+def _context_fields(context: contexts.Context) -> dict:
+    return {"id": context.id, "text": context.text, "pair": list(context.pair)}
+
+
+def orientation(model: str, context: contexts.Context | str, *, store: RunStore | None = None,
+                loader: Callable = SLOT) -> contexts.Pair:
+    """The cached :class:`phantom.contexts.Pair` of a context on a model (SPEC §3).
+
+    An unusable context is cached too and raises :class:`phantom.contexts.ContextUnusable`.
+    """
+    context = contexts.get(context) if isinstance(context, str) else context
+
+    def compute() -> dict:
+        try:
+            return dataclasses.asdict(contexts.orient(context, loader(model)))
+        except contexts.ContextUnusable as err:
+            return {"unusable": str(err)}
+
+    payload = (store or RunStore()).get_or_compute(
+        key("orientation", model, context=_context_fields(context)), compute)
+    if "unusable" in payload:
+        raise contexts.ContextUnusable(payload["unusable"])
+    return contexts.Pair(**payload)
+
+
+def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
+               seed: int = SEED, stop: str = "never", store: RunStore | None = None,
+               loader: Callable = SLOT) -> Trajectory:
+    """A run from the store, computed (once across all processes) on a miss (SPEC §4).
+
+    Parameters
+    ----------
+    model : str
+        Zoo name, local directory or hub id (loaded through ``loader`` only on a miss).
+    context : phantom.contexts.Context or str
+    mode, lr, steps, seed, stop
+        As :func:`phantom.dynamics.run`.
+    """
+    dynamics.validate(mode, lr, steps, stop)   # before any model is loaded
+    context = contexts.get(context) if isinstance(context, str) else context
+    store = store or RunStore()
+    pair = orientation(model, context, store=store, loader=loader)
+    k = key("trajectory", model, context=_context_fields(context), orientation=[pair.g_word, pair.c_word],
+            mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop,
+            protocol_version=dynamics.PROTOCOL_VERSION)
+
+    def compute() -> dict:
+        loaded = loader(model)
+        heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
+        with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
+            traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
+                                stop=stop)
+        return traj.to_dict()
+
+    return Trajectory.from_dict(store.get_or_compute(k, compute))
+
+
+def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,
+            loader: Callable = SLOT) -> dict[str, float]:
+    """Cached step-0 ``{"r": r, "dz0": Δz_0}`` of one context (SPEC §5 blind predictor)."""
+    k = key("blind_r", model, context=context, orientation=[pair.g_word, pair.c_word])
+    return (store or RunStore()).get_or_compute(k, lambda: dynamics.blind_r(loader(model), context, pair))
+
+
+def bulk(model: str, *, store: RunStore | None = None, loader: Callable = SLOT) -> dict:
+    """Cached bulk statistics of the model's input embedding (SPEC §2): G²mean, shape, class."""
+
+    def compute() -> dict:
+        E = loader(model).model.get_input_embeddings().weight.detach()
+        psi = geometry.normalize_rows(E)
+        g2 = geometry.g2_mean(psi)
+        shape = geometry.bulk_shape(psi)
+        return {"g2mean": g2, **shape._asdict(), "cls": geometry.classify(g2, shape.kind)}
+
+    return (store or RunStore()).get_or_compute(key("bulk", model), compute)
