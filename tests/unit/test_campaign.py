@@ -1,22 +1,30 @@
 """Unit tests of phantom.campaign: budgets, plans and the runs a Campaign requests.
 
-No model is loaded and nothing is fine-tuned: ``store.orientation`` and
-``store.trajectory`` are replaced by fakes that return synthetic data and record calls.
+No model is loaded and nothing is fine-tuned: ``runs.orientation`` and
+``runs.trajectory`` are replaced by fakes that return synthetic data and record calls.
 """
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
-from phantom import campaign, contexts, store, zoo
-from phantom.campaign import ETA_REF, LORA_REF, Campaign, Plan, plan_for, zoo_models
+from phantom import campaign, contexts, runs, store, zoo
+from phantom.campaign import Campaign, Plan, parse_models, plan_for, zoo_models
+from phantom.protocol import ETA_REF, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 
 SPEC_SWEEP = (2e-6, 5e-6, 1e-5, 2e-5, 5e-5)
 SPEC_EXTENDED = (2e-7, 5e-7, 1e-6)
 SPEC_LORA = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 ALL_CONTEXTS = [c.id for c in contexts.CONTEXTS]
-ALL_MODELS = sorted(set(campaign.ZOOS["offline-full"]) | set(campaign.ZOOS["paper"]) | {"/some/local/dir"})
+
+# Model facts as zoo.describe gives them (sizes of the real models; hashes are not read by plans).
+SMOL = zoo.ModelInfo("smollm2-135m", "llama", 134_515_008, 49_152, 576, True, "0" * 64)
+GEMMA = zoo.ModelInfo("gemma3-270m", "gemma3_text", 268_098_176, 262_144, 640, True, "1" * 64)
+QWEN = zoo.ModelInfo("qwen2.5-0.5b", "qwen2", 630_167_424, 151_936, 896, False, "2" * 64)
+TINY = zoo.ModelInfo("/some/local/dir", "llama", 50_000, 1_000, 32, False, "3" * 64)
+ALL_INFOS = [SMOL, GEMMA, QWEN, TINY]
 
 
 # --- zoo_models -------------------------------------------------------------------------
@@ -53,9 +61,9 @@ def test_default_plan_is_spec():
     assert ETA_REF == 2e-5 and ETA_REF in p.sweep and LORA_REF == 1e-3 and LORA_REF in p.lora
 
 
-@pytest.mark.parametrize("model", ALL_MODELS)
-def test_full_budget_is_the_spec_plan(model):
-    p = plan_for("full", model)
+@pytest.mark.parametrize("info", ALL_INFOS, ids=lambda i: i.name)
+def test_full_budget_is_the_spec_plan(info):
+    p = plan_for("full", info)
     assert p == Plan()
     assert p.sweep == SPEC_SWEEP and p.extended == SPEC_EXTENDED and p.lora == SPEC_LORA
     assert p.steps == 30 and p.eta_c is True and p.reductions == ()
@@ -68,30 +76,74 @@ def _departures(p: Plan) -> list[str]:
 
 
 @pytest.mark.parametrize("budget", ["quick", "standard"])
-@pytest.mark.parametrize("model", ALL_MODELS)
-def test_reduced_plans_name_their_reductions(budget, model):
-    p = plan_for(budget, model)
+@pytest.mark.parametrize("info", ALL_INFOS, ids=lambda i: i.name)
+def test_reduced_plans_name_their_reductions(budget, info):
+    p = plan_for(budget, info)
     if p != Plan():
-        assert p.reductions, f"{budget}/{model} departs from SPEC in {_departures(p)} without naming it"
+        assert p.reductions, f"{budget}/{info.name} departs from SPEC in {_departures(p)} without naming it"
     assert len(p.reductions) >= len(_departures(p))
     assert all(isinstance(r, str) and r for r in p.reductions)
     # the reference LRs and the protocol length are never reduced away
     assert ETA_REF in p.sweep and LORA_REF in p.lora and p.steps == 30
 
 
+@pytest.mark.parametrize("budget", ["", "Standard", "medium", "nope"])
+def test_plan_for_rejects_unknown_budget(budget):
+    with pytest.raises(ValueError, match=repr(budget)):
+        plan_for(budget, SMOL)
+
+
 def test_quick_plan():
-    p = plan_for("quick", "smollm2-135m")
+    p = plan_for("quick", SMOL)
     assert p.sweep == (ETA_REF,) and p.extended == () and p.lora == (LORA_REF,) and not p.eta_c
     assert p.saturation == () and len(p.reductions) == 4
+    assert plan_for("quick", TINY) == p                            # the same for every model
+
+
+@pytest.mark.parametrize("info, step_s", [(SMOL, 1.17), (GEMMA, 4.71)], ids=["smollm2", "gemma3"])
+def test_full_ft_seconds_matches_the_measured_steps(info, step_s):
+    """The cost model reproduces the measured single-thread full-FT steps it was fitted to."""
+    runs_per_lr = len(contexts.CONTEXTS)
+    per_step = campaign.full_ft_seconds(info) / (30 * len(Plan().full_lrs) * runs_per_lr)
+    assert per_step == pytest.approx(step_s, rel=0.01)
+    reduced = Plan(sweep=(ETA_REF,), extended=())                   # one full-FT LR instead of eight
+    assert campaign.full_ft_seconds(info, reduced) == pytest.approx(campaign.full_ft_seconds(info) / 8, rel=1e-12)
 
 
 def test_standard_plans():
-    small = plan_for("standard", "smollm2-135m")
+    assert campaign.full_ft_seconds(SMOL) < campaign.STANDARD_FULL_FT_S < campaign.full_ft_seconds(GEMMA)
+    small = plan_for("standard", SMOL)
     assert small.sweep == SPEC_SWEEP and small.extended == SPEC_EXTENDED and small.eta_c
     assert small.lora == (LORA_REF,) and len(small.reductions) == 1
-    gemma = plan_for("standard", "gemma3-270m")
+    gemma = plan_for("standard", GEMMA)
     assert gemma.sweep == (ETA_REF,) and gemma.extended == () and gemma.lora == (LORA_REF,) and not gemma.eta_c
-    assert len(gemma.reductions) == 4 and any("Gemma-3" in r for r in gemma.reductions)
+    assert len(gemma.reductions) == 4
+    hours = f"≈{campaign.full_ft_seconds(GEMMA) / 3600:.1f} h"        # the reason states the estimate
+    assert hours in gemma.reductions[0]
+    qwen = plan_for("standard", QWEN)
+    assert qwen.sweep == (ETA_REF,) and qwen.extended == () and qwen.lora == (LORA_REF,) and not qwen.eta_c
+    assert plan_for("standard", TINY) == small
+
+
+def test_standard_plan_follows_the_cost_not_the_name(monkeypatch):
+    named_gemma = dataclasses.replace(SMOL, name="gemma3-270m")
+    assert plan_for("standard", named_gemma) == plan_for("standard", SMOL)
+    named_smol = dataclasses.replace(GEMMA, name="smollm2-135m")
+    assert plan_for("standard", named_smol) == plan_for("standard", GEMMA)
+    cost = campaign.full_ft_seconds(SMOL)
+    monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost)          # at the ceiling: still the sweep
+    assert plan_for("standard", SMOL).sweep == SPEC_SWEEP
+    monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost * (1 - 1e-9))
+    assert plan_for("standard", SMOL).sweep == (ETA_REF,)
+
+
+def test_for_budget_plans_from_the_model_info(monkeypatch, tmp_path):
+    infos = {"smollm2-135m": SMOL, "gemma3-270m": GEMMA}
+    monkeypatch.setattr(runs, "model_info", infos.__getitem__)
+    rs = store.RunStore(tmp_path / "runs")
+    for name, info in infos.items():
+        camp = Campaign.for_budget(name, "standard", rs)
+        assert camp.model == name and camp.plan == plan_for("standard", info) and camp.store is rs
 
 
 def test_saturation_grid():
@@ -102,18 +154,43 @@ def test_saturation_grid():
     assert Plan(sweep=(2e-5, 1e-6), extended=(1e-6, 2e-7)).saturation == (2e-7, 1e-6, 2e-5)   # union, sorted
 
 
+def test_full_and_lora_lrs():
+    assert Plan().full_lrs == (5e-5, 2e-5, 1e-5, 5e-6, 2e-6, 1e-6, 5e-7, 2e-7)   # costliest (largest) first
+    assert Plan().lora_lrs == SPEC_LORA                                             # ascending
+    neither = Plan(sweep=(1e-5,), extended=(), lora=(3e-4, 1e-4))   # neither reference LR in the grids
+    assert neither.full_lrs == (ETA_REF, 1e-5) and neither.lora_lrs == (1e-4, 3e-4, LORA_REF)
+    both = Plan(sweep=(ETA_REF, 1e-5), extended=(1e-6, 1e-5))           # overlaps counted once
+    assert both.full_lrs == (ETA_REF, 1e-5, 1e-6)
+    assert Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,)).full_lrs == (ETA_REF,)
+    assert Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,)).lora_lrs == (LORA_REF,)
+
+
 def test_plan_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Plan().steps = 10
 
 
-# --- Campaign with a faked store ----------------------------------------------------------
+# --- parse_models -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, models", [("a", ("a",)), (" a , b ", ("a", "b")), ("a,b,c", ("a", "b", "c")),
+                                          ("smollm2-135m,/some/dir", ("smollm2-135m", "/some/dir"))])
+def test_parse_models(text, models):
+    assert parse_models(text) == models
+
+
+@pytest.mark.parametrize("text", [",,,", "a,,b", "", " ", "a,", ",a", "a, ,b"])
+def test_parse_models_rejects_empty_lists_and_items(text):
+    with pytest.raises(ValueError, match=f"model list {re.escape(repr(text))}"):
+        parse_models(text)
+
+
+# --- Campaign with a faked run layer ----------------------------------------------------------
 
 UNUSABLE = ("tired", "ancient")
 
 
-class FakeStore:
-    """Stands in for ``phantom.store.orientation`` / ``trajectory``; records every call."""
+class FakeRuns:
+    """Stands in for ``phantom.runs.orientation`` / ``trajectory``; records every call."""
 
     def __init__(self, unusable=UNUSABLE):
         self.unusable = set(unusable)
@@ -146,14 +223,14 @@ def never_load(name):
 
 @pytest.fixture
 def fake(monkeypatch):
-    f = FakeStore()
-    monkeypatch.setattr(campaign.store, "orientation", f.orientation)
-    monkeypatch.setattr(campaign.store, "trajectory", f.trajectory)
+    f = FakeRuns()
+    monkeypatch.setattr(runs, "orientation", f.orientation)
+    monkeypatch.setattr(runs, "trajectory", f.trajectory)
     return f
 
 
 @pytest.fixture
-def runs(tmp_path):
+def rs(tmp_path):
     return store.RunStore(tmp_path / "runs")
 
 
@@ -164,22 +241,22 @@ def combos(mode, lrs, steps=30, stop="saturated", ctxs=USABLE):
     return [(mode, lr, c, steps, stop) for lr in lrs for c in ctxs]
 
 
-def test_usable_and_unusable_split(fake, runs):
-    camp = Campaign("smollm2-135m", Plan(), runs=runs, loader=never_load)
+def test_usable_and_unusable_split(fake, rs):
+    camp = Campaign("smollm2-135m", Plan(), store=rs, loader=never_load)
     assert camp.usable == USABLE
     assert set(camp.unusable) == set(UNUSABLE)
     assert camp.unusable["tired"] == "' tired' is not a single token"
     assert isinstance(camp.orientations["longing"], contexts.Pair)
     _ = camp.usable, camp.unusable, camp.orientations          # cached: no second pass
     assert [c[1] for c in fake.orientation_calls] == ALL_CONTEXTS
-    assert all(m == "smollm2-135m" and s is runs and ld is never_load for m, _, s, ld in fake.orientation_calls)
-    assert not (runs.root).exists()                          # nothing written to the real store
+    assert all(m == "smollm2-135m" and s is rs and ld is never_load for m, _, s, ld in fake.orientation_calls)
+    assert not rs.root.exists()                          # nothing written to the real store
 
 
-def test_all_contexts_usable(monkeypatch, runs):
-    f = FakeStore(unusable=())
-    monkeypatch.setattr(campaign.store, "orientation", f.orientation)
-    camp = Campaign("m", runs=runs, loader=never_load)
+def test_all_contexts_usable(monkeypatch, rs):
+    f = FakeRuns(unusable=())
+    monkeypatch.setattr(runs, "orientation", f.orientation)
+    camp = Campaign("m", store=rs, loader=never_load)
     assert camp.usable == ALL_CONTEXTS and camp.unusable == {}
 
 
@@ -187,31 +264,31 @@ def test_default_store_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "shared"))
     camp = Campaign("m")
     assert isinstance(camp.store, store.RunStore) and camp.store.root == tmp_path / "shared"
-    assert camp.plan == Plan() and camp.loader is store.SLOT
+    assert camp.plan == Plan() and camp.loader is runs.SLOT
 
 
-def test_run_passes_plan_steps_stop_store_and_loader(fake, runs):
+def test_run_passes_plan_steps_stop_store_and_loader(fake, rs):
     plan = Plan(steps=12, stop="never")
-    camp = Campaign("m", plan, runs=runs, loader=never_load)
+    camp = Campaign("m", plan, store=rs, loader=never_load)
     t = camp.run("full", 5e-6, "longing")
     assert t.meta["context"] == "longing"
     camp.run("lora", 1e-3, "purpose", stop="born_flip")
     assert fake.requested() == [("full", 5e-6, "longing", 12, "never"), ("lora", 1e-3, "purpose", 12, "born_flip")]
-    assert all(c["store"] is runs and c["loader"] is never_load and c["model"] == "m"
+    assert all(c["store"] is rs and c["loader"] is never_load and c["model"] == "m"
                for c in fake.trajectory_calls)
 
 
-def test_runs_one_per_usable_context(fake, runs):
-    camp = Campaign("m", runs=runs, loader=never_load)
+def test_runs_one_per_usable_context(fake, rs):
+    camp = Campaign("m", store=rs, loader=never_load)
     out = camp.runs("full", 1e-5)
     assert [t.meta["context"] for t in out] == USABLE
     assert fake.requested() == combos("full", [1e-5])
 
 
-@pytest.mark.parametrize("plan", [Plan(), plan_for("quick", "smollm2-135m"), plan_for("standard", "smollm2-135m"),
-                                  plan_for("standard", "gemma3-270m")])
-def test_accessors_request_exactly_the_planned_runs(fake, runs, plan):
-    camp = Campaign("m", plan, runs=runs, loader=never_load)
+@pytest.mark.parametrize("plan", [Plan(), plan_for("quick", SMOL), plan_for("standard", SMOL),
+                                  plan_for("standard", GEMMA)])
+def test_accessors_request_exactly_the_planned_runs(fake, rs, plan):
+    camp = Campaign("m", plan, store=rs, loader=never_load)
 
     def requested(method):
         fake.trajectory_calls.clear()
@@ -227,8 +304,8 @@ def test_accessors_request_exactly_the_planned_runs(fake, runs, plan):
     assert requested("all_runs") == combos("full", full_lrs) + combos("lora", plan.lora)
 
 
-def test_all_runs_of_the_spec_plan(fake, runs):
-    camp = Campaign("m", runs=runs, loader=never_load)
+def test_all_runs_of_the_spec_plan(fake, rs):
+    camp = Campaign("m", store=rs, loader=never_load)
     out = camp.all_runs()
     assert len(out) == (8 + 5) * len(USABLE)
     assert sorted({lr for mode, lr, *_ in fake.requested() if mode == "full"}) == list(Plan().saturation)
@@ -245,8 +322,8 @@ def _planned_sets(camp):
     return full, lora
 
 
-def test_planned_full_plan(fake, runs):
-    camp = Campaign("m", runs=runs, loader=never_load)
+def test_planned_full_plan(fake, rs):
+    camp = Campaign("m", store=rs, loader=never_load)
     full, lora = _planned_sets(camp)
     assert full == {(lr, c) for lr in set(SPEC_SWEEP) | set(SPEC_EXTENDED) | {ETA_REF} for c in USABLE}
     assert lora == {(lr, c) for lr in SPEC_LORA for c in USABLE}
@@ -254,19 +331,19 @@ def test_planned_full_plan(fake, runs):
     assert fake.trajectory_calls == []                              # planning computes nothing
 
 
-@pytest.mark.parametrize("budget, model", [("quick", "smollm2-135m"), ("standard", "smollm2-135m"),
-                                           ("standard", "gemma3-270m")])
-def test_planned_reduced_plans(fake, runs, budget, model):
-    plan = plan_for(budget, model)
-    camp = Campaign(model, plan, runs=runs, loader=never_load)
+@pytest.mark.parametrize("budget, info", [("quick", SMOL), ("standard", SMOL), ("standard", GEMMA)],
+                         ids=["quick-smollm2", "standard-smollm2", "standard-gemma3"])
+def test_planned_reduced_plans(fake, rs, budget, info):
+    plan = plan_for(budget, info)
+    camp = Campaign(info.name, plan, store=rs, loader=never_load)
     full, lora = _planned_sets(camp)
     assert full == {(lr, c) for lr in set(plan.sweep) | set(plan.saturation) | {ETA_REF} for c in USABLE}
     assert lora == {(LORA_REF, c) for c in USABLE}
 
 
-def test_planned_adds_reference_lrs_and_covers_every_accessor(fake, runs):
+def test_planned_adds_reference_lrs_and_covers_every_accessor(fake, rs):
     plan = Plan(sweep=(1e-5,), extended=(), lora=(3e-4,))          # neither reference LR in the grids
-    camp = Campaign("m", plan, runs=runs, loader=never_load)
+    camp = Campaign("m", plan, store=rs, loader=never_load)
     full, lora = _planned_sets(camp)
     assert full == {(lr, c) for lr in (1e-5, ETA_REF) for c in USABLE}
     assert lora == {(lr, c) for lr in (3e-4, LORA_REF) for c in USABLE}

@@ -1,6 +1,6 @@
-"""Unit tests of the per-model laws of phantom.laws measured through a campaign (SPEC §2, §5).
+"""Unit tests of the per-model laws of phantom.campaign, measured through a campaign (SPEC §2, §5).
 
-Every law except :func:`phantom.laws.bulk` is fed by a fake campaign (the duck-typed
+Every law except :func:`phantom.campaign.bulk` is fed by a fake campaign (the duck-typed
 interface of :class:`phantom.campaign.Campaign`: ``model``, ``plan``, ``store``, ``loader``,
 ``usable``, ``orientations``, ``run``, ``runs``, ``reference``, ``lora_reference``) that
 serves hand-built :class:`Trajectory` objects, so each law is checked against a value
@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from phantom import contexts, dynamics, geometry, laws, store, zoo
-from phantom.campaign import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF, Campaign, Plan
-
-GRID = tuple(sorted(EXTENDED_GRID + FULL_GRID))   # the full-FT LRs that bracket η_c
-from phantom.laws import ModelLaws
+from phantom import campaign, contexts, dynamics, geometry, runs, store, zoo
+from phantom.campaign import Campaign, ModelLaws, Plan
+from phantom.protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 
 import tiny_models
+
+GRID = tuple(sorted(EXTENDED_GRID + FULL_GRID))   # the full-FT LRs that bracket η_c
 
 T = 30
 CONTEXTS = [c.id for c in contexts.CONTEXTS]
@@ -41,7 +41,7 @@ def private_store(tmp_path, monkeypatch):
 @pytest.fixture
 def fake_weights(monkeypatch):
     """Fake models have no weights: their hash is a function of the name."""
-    monkeypatch.setattr(store, "weights_sha256", lambda model: f"sha256-of-{model}")
+    monkeypatch.setattr(runs, "weights_sha256", lambda model: f"sha256-of-{model}")
 
 
 # --- synthetic runs and a fake campaign ------------------------------------------------
@@ -141,7 +141,7 @@ SAT_DIVERGED = ({(CONTEXTS[0], 5e-5)}                                  # one div
 
 def test_saturation_fits_recover_eta_sat(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
-    fits = laws.saturation_fits(camp)
+    fits = campaign.saturation_fits(camp)
     assert list(fits) == [c for c in CONTEXTS if c != CONTEXTS[1]]
     for context, fit in fits.items():
         assert fit.eta_sat == pytest.approx(ETA_SAT[context], rel=1e-4), context
@@ -153,11 +153,35 @@ def test_saturation_fits_recover_eta_sat(tmp_path):
     assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in CONTEXTS for lr in SAT_GRID)
 
 
+def test_saturation_responses_leave_out_diverged_runs(tmp_path):
+    camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
+    responses = campaign.saturation_responses(camp)
+    assert list(responses) == CONTEXTS                                  # every usable context, fitted or not
+    for context, (etas, resp) in responses.items():
+        expected = [lr for lr in SAT_GRID if (context, lr) not in SAT_DIVERGED]
+        assert etas == expected, context
+        assert resp == pytest.approx([response(context, lr) for lr in expected], rel=1e-12, abs=1e-15)
+    assert len(responses[CONTEXTS[1]][0]) == 2 and len(responses[CONTEXTS[2]][0]) == 3
+    assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in CONTEXTS for lr in SAT_GRID)
+
+
+def test_saturation_fits_of_given_responses_request_no_run(tmp_path):
+    responses = campaign.saturation_responses(FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED)))
+    idle = FakeCampaign(tmp_path / "runs", never_run)
+    fits = campaign.saturation_fits(idle, responses)
+    assert fits == campaign.saturation_fits(FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED)))
+    assert CONTEXTS[1] not in fits and idle.calls == []
+    # only the responses are fitted: one context, three points of an exact curve
+    etas = [1e-6, 3e-6, 1e-5]
+    (fit,) = campaign.saturation_fits(idle, {"x": (etas, [0.7 * -math.expm1(-e / 2e-6) for e in etas])}).values()
+    assert fit.eta_sat == pytest.approx(2e-6, rel=1e-4) and fit.r_inf == pytest.approx(0.7, rel=1e-4)
+
+
 def test_saturation_fits_use_the_plan_grid_and_usable_contexts(tmp_path):
     plan = Plan(sweep=(1e-6, 1e-5, 5e-5), extended=(1e-7,))
     usable = CONTEXTS[3:7]
     camp = FakeCampaign(tmp_path / "runs", World(), plan=plan, usable=usable)
-    fits = laws.saturation_fits(camp)
+    fits = campaign.saturation_fits(camp)
     assert list(fits) == usable
     assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in usable for lr in (1e-7, 1e-6, 1e-5, 5e-5))
     for context, fit in fits.items():
@@ -166,16 +190,16 @@ def test_saturation_fits_use_the_plan_grid_and_usable_contexts(tmp_path):
 
 def test_reduced_field_of(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
-    eta_sat, h = laws.reduced_field_of(camp)
+    eta_sat, h = campaign.reduced_field_of(camp)
     fitted = sorted(ETA_SAT[c] for c in CONTEXTS if c != CONTEXTS[1])   # 9 contexts: the 5th
     assert eta_sat == pytest.approx(fitted[4], rel=1e-4)
     assert h == pytest.approx(2e-5 / fitted[4], rel=1e-4)
-    assert h == pytest.approx(laws.ETA_REF / eta_sat, rel=1e-12)
+    assert h == pytest.approx(ETA_REF / eta_sat, rel=1e-12)
 
 
 def test_reduced_field_of_even_count_takes_the_middle_mean(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World())
-    eta_sat, h = laws.reduced_field_of(camp)
+    eta_sat, h = campaign.reduced_field_of(camp)
     values = sorted(ETA_SAT.values())
     assert eta_sat == pytest.approx((values[4] + values[5]) / 2, rel=1e-4)
     assert h == pytest.approx(2e-5 / eta_sat, rel=1e-12)
@@ -184,8 +208,8 @@ def test_reduced_field_of_even_count_takes_the_middle_mean(tmp_path):
 def test_reduced_field_of_without_any_fit(tmp_path):
     diverged = {(c, lr) for c in CONTEXTS for lr in SAT_GRID[2:]}      # 2 completed points each
     camp = FakeCampaign(tmp_path / "runs", World(diverged=diverged))
-    assert laws.saturation_fits(camp) == {}
-    assert laws.reduced_field_of(camp) == (None, None)
+    assert campaign.saturation_fits(camp) == {}
+    assert campaign.reduced_field_of(camp) == (None, None)
 
 
 # --- LoRA sufficiency and burial ----------------------------------------------------------
@@ -203,18 +227,18 @@ def lora_world(mode, lr, context, stop):
 
 def test_lora_sufficiency(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", lora_world)
-    assert laws.lora_sufficiency(camp) == pytest.approx(3 / 10)
+    assert campaign.lora_sufficiency(camp) == pytest.approx(3 / 10)
     assert camp.calls == [("lora", LORA_REF, c, None) for c in CONTEXTS]
     sub = FakeCampaign(tmp_path / "runs", lora_world, usable=["longing", "tired", "funny", "quiet"])
-    assert laws.lora_sufficiency(sub) == pytest.approx(1 / 4)
+    assert campaign.lora_sufficiency(sub) == pytest.approx(1 / 4)
 
 
 def test_burial_ft_is_the_median_step0_burial_of_the_reference_runs(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World())
-    assert laws.burial_ft(camp) == pytest.approx(0.55, rel=1e-12)    # (0.5 + 0.6) / 2
+    assert campaign.burial_ft(camp) == pytest.approx(0.55, rel=1e-12)    # (0.5 + 0.6) / 2
     assert camp.calls == [("full", ETA_REF, c, None) for c in CONTEXTS]
     odd = FakeCampaign(tmp_path / "runs", World(), usable=CONTEXTS[:5])   # 0.9 0.1 0.5 0.3 0.7
-    assert laws.burial_ft(odd) == pytest.approx(0.5, rel=1e-12)
+    assert campaign.burial_ft(odd) == pytest.approx(0.5, rel=1e-12)
 
 
 # --- flip fraction with early decision ----------------------------------------------------
@@ -241,7 +265,7 @@ def pattern_world(pattern):
 ])
 def test_flip_fraction_stops_once_decided(tmp_path, pattern, n_runs, fraction):
     camp = FakeCampaign(tmp_path / "runs", pattern_world(pattern))
-    f = laws.flip_fraction(camp, 3e-6)
+    f = campaign.flip_fraction(camp, 3e-6)
     assert f == pytest.approx(fraction)
     assert (f >= 0.5) == (sum(p == 1 for p in pattern) >= 5)       # the decision is exact
     assert camp.calls == [("full", 3e-6, c, "born_flip") for c in CONTEXTS[:n_runs]]
@@ -257,7 +281,7 @@ def test_flip_fraction_stops_once_decided(tmp_path, pattern, n_runs, fraction):
 def test_flip_fraction_odd_counts(tmp_path, pattern, n_runs, fraction):
     usable = CONTEXTS[:len(pattern)]
     camp = FakeCampaign(tmp_path / "runs", pattern_world(pattern + [0] * (10 - len(pattern))), usable=usable)
-    f = laws.flip_fraction(camp, 3e-6)
+    f = campaign.flip_fraction(camp, 3e-6)
     assert f == pytest.approx(fraction)
     assert (f >= 0.5) == (2 * sum(pattern) >= len(pattern))
     assert camp.calls == [("full", 3e-6, c, "born_flip") for c in usable[:n_runs]]
@@ -268,7 +292,7 @@ def test_flip_fraction_odd_counts(tmp_path, pattern, n_runs, fraction):
 def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
     theta = 7.3e-6                                          # between sweep LRs 5e-6 and 1e-5
     camp = FakeCampaign(tmp_path / "runs", World(theta_star=theta))
-    res = laws.critical_lr_of(camp)
+    res = campaign.critical_lr_of(camp)
     assert theta <= res.eta_c <= theta * 1.01
     assert res.converged
     lo, hi = res.bracket
@@ -286,32 +310,32 @@ def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
     assert {lr for _, lr, _, _ in probes} == {eta for eta, _ in res.probes[6:]}
 
     again = FakeCampaign(tmp_path / "runs", never_run)        # same store: served from it
-    assert laws.critical_lr_of(again) == res
+    assert campaign.critical_lr_of(again) == res
     assert again.calls == []
 
 
 def test_critical_lr_of_above_and_below_the_grid(tmp_path, fake_weights):
     above = FakeCampaign(tmp_path / "runs", World(theta_star=2e-4), model="above")
-    res = laws.critical_lr_of(above)
+    res = campaign.critical_lr_of(above)
     assert res.eta_c is None and res.bracket is None and not res.converged
     assert [eta for eta, _ in res.probes] == list(GRID)
     assert all(stop is None for *_, stop in above.calls) and len(above.calls) == 8 * 10
-    assert laws.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="above")) == res
+    assert campaign.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="above")) == res
 
     below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-7), model="below")
-    res = laws.critical_lr_of(below)
+    res = campaign.critical_lr_of(below)
     assert res.eta_c == 2e-7 and res.bracket is None and not res.converged
     assert {lr for _, lr, _, _ in below.calls} == {2e-7}
 
 
 def test_critical_lr_of_cache_key_follows_the_contexts(tmp_path, fake_weights):
     camp = FakeCampaign(tmp_path / "runs", World())
-    first = laws.critical_lr_of(camp)
+    first = campaign.critical_lr_of(camp)
     fewer = FakeCampaign(tmp_path / "runs", World(), usable=CONTEXTS[:8])
-    laws.critical_lr_of(fewer)
+    campaign.critical_lr_of(fewer)
     assert fewer.calls                                  # another usable set: measured anew
     looser = FakeCampaign(tmp_path / "runs", World())
-    assert laws.critical_lr_of(looser, rtol=0.05) != first and looser.calls
+    assert campaign.critical_lr_of(looser, rtol=0.05) != first and looser.calls
 
 
 # --- blind statistic ------------------------------------------------------------------------
@@ -345,7 +369,7 @@ def test_blind_statistic(tmp_path, fake_weights, fake_blind_r):
 
     usable = list(BLIND)
     camp = FakeCampaign(tmp_path / "runs", never_run, usable=usable, loader=loader)
-    bq = laws.blind_statistic(camp)
+    bq = campaign.blind_statistic(camp)
     assert bq.q == pytest.approx(0.04, rel=1e-12)
     assert bq.used == ("longing", "shame", "tired", "awful", "scared") and bq.excluded == ("purpose",)
     assert [(ld, c, p) for ld, c, p in fake_blind_r] == [(loaded, c, camp.orientations[c]) for c in usable]
@@ -353,19 +377,19 @@ def test_blind_statistic(tmp_path, fake_weights, fake_blind_r):
 
     fake_blind_r.clear()
     again = FakeCampaign(tmp_path / "runs", never_run, usable=usable)     # loader refuses
-    assert laws.blind_statistic(again) == bq
+    assert campaign.blind_statistic(again) == bq
     assert fake_blind_r == []
 
     swapped = FakeCampaign(tmp_path / "runs", never_run, usable=usable, loader=loader)
     swapped.orientations["longing"] = pair("longing", swap=True)          # another orientation
-    assert laws.blind_statistic(swapped) == bq
+    assert campaign.blind_statistic(swapped) == bq
     assert [c for _, c, _ in fake_blind_r] == ["longing"]
 
 
 def test_blind_statistic_uses_the_plan_steps(tmp_path, fake_weights, fake_blind_r):
     camp = FakeCampaign(tmp_path / "runs", never_run, usable=list(BLIND), plan=Plan(steps=20),
                         loader=lambda name: None)
-    assert laws.blind_statistic(camp).q == pytest.approx(0.06, rel=1e-12)
+    assert campaign.blind_statistic(camp).q == pytest.approx(0.06, rel=1e-12)
 
 
 # --- bulk (tiny real model) --------------------------------------------------------------------
@@ -376,25 +400,25 @@ def test_bulk_on_a_tiny_model(tmp_path, monkeypatch):
 
     def loader(name):
         loads.append(name)
-        return store.SLOT(name)
+        return runs.SLOT(name)
 
-    camp = Campaign(path, Plan(), runs=store.RunStore(tmp_path / "runs"), loader=loader)
-    b = laws.bulk(camp)
+    camp = Campaign(path, Plan(), store=store.RunStore(tmp_path / "runs"), loader=loader)
+    b = campaign.bulk(camp)
     assert set(b) == {"g2mean", "kind", "loglik_gauss", "loglik_laplace", "mean", "std", "cls"}
     assert 0.0 < b["g2mean"] < 1.0
     assert b["kind"] in ("gaussian", "laplace")
     assert b["cls"] == geometry.classify(b["g2mean"], b["kind"])
     assert loads == [path]
     # G²mean by brute force over every ordered pair i ≠ j of the embedding's unit rows
-    E = store.SLOT(path).model.get_input_embeddings().weight.detach().double()
+    E = runs.SLOT(path).model.get_input_embeddings().weight.detach().double()
     psi = E / E.norm(dim=1, keepdim=True)
     G2 = (psi @ psi.T) ** 2
     V = G2.shape[0]
     assert b["g2mean"] == pytest.approx(float((G2.sum() - G2.diagonal().sum()) / (V * (V - 1))), rel=1e-5)
 
     monkeypatch.setattr(zoo, "load", refuse_load)
-    cached = Campaign(path, Plan(), runs=store.RunStore(tmp_path / "runs"), loader=refuse_load)
-    assert laws.bulk(cached) == b
+    cached = Campaign(path, Plan(), store=store.RunStore(tmp_path / "runs"), loader=refuse_load)
+    assert campaign.bulk(cached) == b
 
 
 # --- the laws table ------------------------------------------------------------------------
@@ -418,7 +442,7 @@ def table_world(tmp_path, fake_weights, monkeypatch):
 
     monkeypatch.setattr(dynamics, "blind_r", blind_r)
 
-    def campaign(model, plan=Plan(), **world):
+    def make_campaign(model, plan=Plan(), **world):
         loaded[model] = fake_loaded(len(loaded))
         return FakeCampaign(tmp_path / "runs", World(**world), model=model, plan=plan,
                             loader=lambda name: loaded[name])
@@ -426,26 +450,26 @@ def table_world(tmp_path, fake_weights, monkeypatch):
     def set_q(camp, q):
         loaded[camp.model].q = q
 
-    return campaign, set_q
+    return make_campaign, set_q
 
 
 def check_common(row: ModelLaws, camp, lora_flips=3):
-    b = laws.bulk(camp)
+    b = campaign.bulk(camp)
     assert (row.g2mean, row.shape, row.cls) == (b["g2mean"], b["kind"], b["cls"])
     assert row.b_ft == pytest.approx(0.55, rel=1e-12)
     assert row.lora_sufficiency == pytest.approx(lora_flips / 10)
 
 
 def test_laws_table_exact_blind_prediction(table_world):
-    campaign, set_q = table_world
-    a = campaign("model-a", theta_star=7.3e-6, sat_scale=1.0)
-    b = campaign("model-b", theta_star=2.6e-5, sat_scale=2.0, lora_flips=6)
-    eta_c = {c.model: laws.critical_lr_of(c).eta_c for c in (a, b)}     # now in the store
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6, sat_scale=1.0)
+    b = make_campaign("model-b", theta_star=2.6e-5, sat_scale=2.0, lora_flips=6)
+    eta_c = {c.model: campaign.critical_lr_of(c).eta_c for c in (a, b)}     # now in the store
     assert 7.3e-6 <= eta_c["model-a"] <= 7.3e-6 * 1.01 and 2.6e-5 <= eta_c["model-b"] <= 2.6e-5 * 1.01
     for c in (a, b):
         set_q(c, eta_c[c.model] / K)
 
-    rows = laws.laws_table([a, b])
+    rows = campaign.laws_table([a, b])
     assert [r.model for r in rows] == ["model-a", "model-b"]
     values = sorted(ETA_SAT.values())
     for row, camp, scale, flips in ((rows[0], a, 1.0, 3), (rows[1], b, 2.0, 6)):
@@ -459,15 +483,15 @@ def test_laws_table_exact_blind_prediction(table_world):
 
 
 def test_laws_table_model_without_eta_c(table_world):
-    campaign, set_q = table_world
-    a = campaign("model-a", theta_star=7.3e-6)
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6)
     quick = Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False)
-    c = campaign("model-c", plan=quick, theta_star=7.3e-6)
-    b = campaign("model-b", theta_star=2.6e-5)
+    c = make_campaign("model-c", plan=quick, theta_star=7.3e-6)
+    b = make_campaign("model-b", theta_star=2.6e-5)
     for m in (a, b):
-        set_q(m, laws.critical_lr_of(m).eta_c / K)
+        set_q(m, campaign.critical_lr_of(m).eta_c / K)
 
-    rows = {r.model: r for r in laws.laws_table([a, c, b])}
+    rows = {r.model: r for r in campaign.laws_table([a, c, b])}
     assert list(rows) == ["model-a", "model-c", "model-b"]
     row = rows["model-c"]
     check_common(row, c)
@@ -482,24 +506,73 @@ def test_laws_table_model_without_eta_c(table_world):
 
 
 def test_laws_table_eta_c_above_the_grid(table_world):
-    campaign, set_q = table_world
-    a = campaign("model-a", theta_star=2e-4)                   # no sweep LR flips half
-    b = campaign("model-b", theta_star=7.3e-6)
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=2e-4)                   # no sweep LR flips half
+    b = make_campaign("model-b", theta_star=7.3e-6)
     set_q(a, 1e-5)
-    set_q(b, laws.critical_lr_of(b).eta_c / K)
-    rows = laws.laws_table([a, b])
+    set_q(b, campaign.critical_lr_of(b).eta_c / K)
+    rows = campaign.laws_table([a, b])
     assert [r.model for r in rows] == ["model-a", "model-b"]
     assert rows[0].eta_c is None and rows[0].q == pytest.approx(1e-5, rel=1e-12)
-    assert rows[1].eta_c == laws.critical_lr_of(b).eta_c
+    assert rows[1].eta_c == campaign.critical_lr_of(b).eta_c
     for row in rows:
         assert row.eta_hat is None and row.rel_error is None
         assert row.eta_sat is not None and row.b_ft == pytest.approx(0.55)
 
 
-def test_laws_table_single_eligible_model(table_world):
-    campaign, set_q = table_world
-    a = campaign("model-a", theta_star=7.3e-6)
+def test_blind_predictions_name_every_excluded_model(table_world, monkeypatch):
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6)
+    b = make_campaign("model-b", theta_star=2.6e-5)
+    no_bisection = make_campaign("model-c", plan=Plan(eta_c=False))
+    above = make_campaign("model-d", theta_star=2e-4)                   # η_c above the grid
+    for m in (a, b):
+        set_q(m, campaign.critical_lr_of(m).eta_c / K)
+    set_q(above, 1e-5)
+    no_r = make_campaign("model-e", theta_star=7.3e-6)
+    set_q(no_r, 1e-6)
+    blind_r = dynamics.blind_r
+
+    def no_positive_r(ld, context, p):
+        out = blind_r(ld, context, p)
+        return {**out, "r": -1.0} if ld is no_r.loader("model-e") else out
+
+    monkeypatch.setattr(dynamics, "blind_r", no_positive_r)
+    predictions, excluded = campaign.blind_predictions([a, no_bisection, above, b, no_r])
+    assert [p.model for p in predictions] == ["model-a", "model-b"]
+    for p in predictions:
+        assert p.eta_c == campaign.critical_lr_of(a if p.model == "model-a" else b).eta_c
+        assert p.eta_hat == pytest.approx(p.eta_c, rel=1e-9) and p.rel_error == pytest.approx(0.0, abs=1e-9)
+    assert list(excluded) == ["model-c", "model-d", "model-e"]
+    assert excluded["model-c"] == "no critical-LR bisection in its plan"
+    assert excluded["model-d"].startswith("η_c above the grid (probes ")
+    assert excluded["model-e"] == f"no context with r > 0 ({', '.join(CONTEXTS)})"
+    assert no_bisection.calls == []                                     # nothing measured for it
+
+
+def test_blind_predictions_need_two_models(table_world):
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6)
     set_q(a, 1e-6)
-    (row,) = laws.laws_table([a])
-    assert row.eta_c == laws.critical_lr_of(a).eta_c and row.q == pytest.approx(1e-6)
+    assert campaign.blind_predictions([a]) == ([], {})
+    assert campaign.blind_predictions([]) == ([], {})
+
+
+def test_laws_table_raises_on_an_invalid_q(table_world):
+    """An invalid blind statistic is an error, not a silently missing prediction."""
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6)
+    b = make_campaign("model-b", theta_star=2.6e-5)
+    set_q(a, -1e-6)                                      # −Δz_0 / (T r) < 0
+    set_q(b, 1e-6)
+    with pytest.raises(ValueError, match="'model-a'"):
+        campaign.laws_table([a, b])
+
+
+def test_laws_table_single_eligible_model(table_world):
+    make_campaign, set_q = table_world
+    a = make_campaign("model-a", theta_star=7.3e-6)
+    set_q(a, 1e-6)
+    (row,) = campaign.laws_table([a])
+    assert row.eta_c == campaign.critical_lr_of(a).eta_c and row.q == pytest.approx(1e-6)
     assert row.eta_hat is None and row.rel_error is None

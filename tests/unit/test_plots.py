@@ -1,7 +1,7 @@
 """Unit tests of phantom.plots: every figure is a valid PNG, written atomically.
 
-Synthetic trajectories and fake campaigns only: nothing is loaded or fine-tuned, and the
-run store (when one is needed) lives under ``tmp_path``.
+Synthetic trajectories (and a fake campaign for the saturation responses) only: nothing is
+loaded or fine-tuned, and the run store (when one is needed) lives under ``tmp_path``.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phantom import laws, plots, store, transitions
-from phantom.campaign import LORA_REF, Plan
-from phantom.laws import ModelLaws
+from phantom import campaign, files, plots, transitions
+from phantom.campaign import ModelLaws, Plan
+from phantom.protocol import ETA_REF, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +106,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monke
     def broken_replace(src, dst):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(store.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk on fire"):
         plots.plot_trajectory(run(), path)
     assert path.read_bytes() == b"old"
@@ -134,7 +134,7 @@ ETA_SAT = {"longing": 1e-6, "purpose": 5e-6, "shame": 2e-5}
 
 
 class SatCampaign:
-    """Just what saturation_fits and plot_saturation read; "shame" diverges at the top LR."""
+    """Just what saturation_responses reads; "shame" diverges at the top LR."""
 
     model, plan, usable = "fake-model", Plan(), list(ETA_SAT)
 
@@ -160,26 +160,40 @@ def capture_figures(monkeypatch) -> list:
 
 def test_plot_saturation(tmp_path, monkeypatch):
     figures = capture_figures(monkeypatch)
-    camp = SatCampaign()
-    fits = laws.saturation_fits(camp)
+    responses = campaign.saturation_responses(SatCampaign())
+    fits = campaign.saturation_fits(SatCampaign(), responses)
     assert list(fits) == list(ETA_SAT) and fits["shame"].n == 7
     path = tmp_path / "sat.png"
     path.write_bytes(b"stale")
-    assert plots.plot_saturation(camp, fits, path) == path
+    assert plots.plot_saturation("fake-model", responses, fits, path) == path
     assert png_size(path) == (700, 500)
     assert_only(tmp_path, "sat.png")
-    # measured points: every completed run, never the diverged one (it has no Φ_T)
+    # measured points: exactly the responses, so never the diverged run (it has no Φ_T)
     (ax,) = figures[0].axes
+    assert ax.get_title() == "fake-model: saturation fits"
     points = [line for line in ax.lines if line.get_marker() == "o"]
     assert [len(line.get_xdata()) for line in points] == [8, 8, 7]
+    for line, (etas, resp) in zip(points, responses.values()):
+        assert list(line.get_xdata()) == etas and list(line.get_ydata()) == resp
     assert max(points[2].get_xdata()) < max(Plan().saturation)
     assert max(max(line.get_ydata()) for line in points) < 1.0
+
+
+def test_plot_saturation_draws_only_fitted_contexts(tmp_path, monkeypatch):
+    figures = capture_figures(monkeypatch)
+    responses = campaign.saturation_responses(SatCampaign())
+    fits = campaign.saturation_fits(SatCampaign(), responses)
+    plots.plot_saturation("fake-model", responses, {"purpose": fits["purpose"]}, tmp_path / "sat.png")
+    (ax,) = figures[0].axes
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(points) == 1 and list(points[0].get_xdata()) == responses["purpose"][0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"purpose η_sat={fits['purpose'].eta_sat:.2g}"]
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels found")
 def test_plot_saturation_without_fits(tmp_path):
     path = tmp_path / "sat.png"
-    plots.plot_saturation(SatCampaign(), {}, path)
+    plots.plot_saturation("fake-model", campaign.saturation_responses(SatCampaign()), {}, path)
     assert png_size(path) == (700, 500)
 
 
@@ -210,35 +224,31 @@ def test_plot_prediction(tmp_path, monkeypatch, rows, n_points):
 
 # --- claims_figures -----------------------------------------------------------------------
 
-class FigureCampaign:
-    """reference(): "shame" jumps (largest J), "quiet" is linear (smallest J); LoRA on request."""
-
-    model = "tiny-model"
-
-    def __init__(self):
-        self.calls = []
-
-    def reference(self):
-        self.calls.append(("reference",))
-        return [curved_run("longing"), run("shame"), smooth_run("quiet"), curved_run("funny")]
-
-    def run(self, mode, lr, context, stop=None):
-        self.calls.append((mode, lr, context, stop))
-        return curved_run(context, mode=mode, lr=lr)
+# "shame" jumps (largest J), "quiet" is linear (smallest J); LoRA runs are smooth, in another order.
+REFERENCE = [curved_run("longing"), run("shame"), smooth_run("quiet"), curved_run("funny")]
+LORA_REFERENCE = [smooth_run(c, mode="lora", lr=LORA_REF) for c in ("funny", "quiet", "longing", "shame")]
 
 
-def test_claims_figures(tmp_path):
-    camp = FigureCampaign()
+def test_claims_figures(tmp_path, monkeypatch):
+    figures_drawn = capture_figures(monkeypatch)
     outdir = tmp_path / "figures"
-    figures = plots.claims_figures(camp, outdir)
+    figures = plots.claims_figures("tiny-model", REFERENCE, LORA_REFERENCE, outdir)
     assert len(figures) == 3
     assert all(isinstance(k, str) and k.startswith("tiny-model: ") for k in figures)
     assert list(figures.values()) == [outdir / "full_ft.png", outdir / "lora.png", outdir / "readout.png"]
     sizes = [png_size(p) for p in figures.values()]
     assert sizes == [(840, 340), (840, 340), (420, 340)]
     assert_only(outdir, "full_ft.png", "lora.png", "readout.png")
-    # the LoRA pair is the largest-J and the smallest-J reference context, at the LoRA reference LR
-    assert camp.calls == [("reference",), ("lora", LORA_REF, "shame", None), ("lora", LORA_REF, "quiet", None)]
+    full, lora, readout = figures_drawn
+    assert [ax.get_title().split()[0] for ax in full.axes] == ["shame", "quiet"]
+    assert [ax.get_title().split()[0] for ax in readout.axes] == ["shame"]
+    # the LoRA pair is the largest-J and the smallest-J reference context, from the LoRA runs
+    assert [ax.get_title().split()[0] for ax in lora.axes] == ["shame", "quiet"]
+    by_context = {r.meta["context"]: r for r in LORA_REFERENCE}
+    for ax in lora.axes:
+        (phi,) = [line for line in ax.lines if line.get_label() == "phi"]
+        assert list(phi.get_ydata()) == list(by_context[ax.get_title().split()[0]]["phi"])
+    assert f"lr {ETA_REF:g}" in full.get_suptitle() and f"lr {LORA_REF:g}" in lora.get_suptitle()
 
 
 def test_claims_figures_overwrite(tmp_path):
@@ -246,7 +256,7 @@ def test_claims_figures_overwrite(tmp_path):
     outdir.mkdir()
     for name in ("full_ft.png", "lora.png", "readout.png"):
         (outdir / name).write_bytes(b"stale")
-    figures = plots.claims_figures(FigureCampaign(), outdir)
+    figures = plots.claims_figures("tiny-model", REFERENCE, LORA_REFERENCE, outdir)
     for p in figures.values():
         png_size(p)
     assert_only(outdir, "full_ft.png", "lora.png", "readout.png")
