@@ -17,14 +17,15 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
 	$(PIP) install -q -c requirements/lock.txt -e '.[test]'
 	touch $@
 
-test: setup qwen     ## unit tests (hypothesis `ci` profile under CI) + benchmarks run once
+test: setup qwen     ## lint, unit tests (hypothesis `ci` profile under CI) + benchmarks run once
+	$(VENV)/bin/ruff check phantom tests conftest.py
 	$(PYTEST) tests/unit -n auto
 	$(PYTEST) tests/benchmarks --benchmark-disable -q
 
 bench: setup         ## benchmarks with timings (pytest-benchmark)
 	$(PYTEST) tests/benchmarks
 
-claims: setup        ## the claim suite on the offline zoo; writes CLAIMS.md
+claims: setup        ## the claim suite on the offline zoo; writes verdicts.json and CLAIMS.md
 	$(PYTEST) tests/claims -n auto --budget $(BUDGET)
 
 qwen: setup          ## opt-in: the untied Qwen2.5-Coder-0.5B weights (~0.5 GB download)

@@ -1,20 +1,29 @@
-"""The paper's claims and their pre-registered verdict rules (SPEC §6).
+"""The paper's claims: a registry of what each reads and its pre-registered rule (SPEC §6).
 
-Each claim is a row of :data:`CLAIMS`; each ``c*`` function turns measured data into a
-:class:`Verdict` — *reproduced*, *not reproduced* or *not testable* (with the reason) —
-and a human-readable measured value to print next to the paper's. The functions are
-pure: the claim tests feed them trajectories from the run store and laws from
-:mod:`phantom.laws`, and unit tests feed them synthetic data.
+Each claim is a row of :data:`CLAIMS` (scikit-learn's ``parametrize_with_checks`` for SPEC
+§6): its id, statement, the paper's value, its rule, its scope — ``"model"`` (one verdict
+per model, read from that model's :class:`~phantom.campaign.Campaign`) or ``"zoo"`` (one
+verdict over every campaign) — and ``check``, which reads the data the claim needs and
+applies its rule. The rules themselves are the pure ``c*`` functions below: they turn
+measured data into a :class:`Verdict` — *reproduced*, *not reproduced* or *not testable*
+(with the reason) — and the measured value to print next to the paper's; unit tests feed
+them synthetic data.
+
+Adding a claim: a ``c*`` rule function (with its unit test), a reader, and one
+:class:`Claim` row; the claim suite parametrises over the registry.
 """
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import campaign as cmp
 from . import laws, transitions
+from .geometry import classify
 from .protocol import (BLIND_REL_ERROR_MAX, BURIAL_MIN_MODELS, BURIAL_RHO_MIN, C5_MIN_JUMPS,
                        DECOMPOSITION_TOL, H_CV_MAX, SPEARMAN_LORA_MAX, SUFFICIENCY_SPLIT)
 from .trajectory import Trajectory
@@ -24,7 +33,7 @@ REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of the paper (SPEC §6)."""
+    """One claim of the paper (SPEC §6) and how it is checked."""
 
     id: str
     name: str
@@ -32,43 +41,7 @@ class Claim:
     paper: str       # the paper's figure or value
     rule: str        # reproduced iff …
     scope: str       # "model": one verdict per model; "zoo": one verdict over the zoo
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("C1", "silent-failure", "loss falls while g never overtakes c", "Fig. 3 / abstract",
-          "≥1 silent-failure run per model over the full-FT grid (rank-contested runs)", "model"),
-    Claim("C2", "decomposition", "Φ = S + D", "abstract (additive decomposition)",
-          "|Φ−S−D| ≤ 1e-6 at every recorded step of every run", "model"),
-    Claim("C3", "jumps-full", "catapult-like jumps under full FT; high-G_max pairs jump, low ones rise smoothly",
-          "Fig. 3: J = 33.7 (longing) vs 4.3 (purpose)",
-          "≥1 jumping context at η_ref and Spearman(G_max, J) > 0", "model"),
-    Claim("C4", "lora-frozen", "embedding (and untied head) exactly unchanged under LoRA", "abstract",
-          "torch.equal (bitwise) at every step of every LoRA run", "model"),
-    Claim("C5", "jumps-lora", "jumps persist under LoRA with frozen embeddings", "abstract",
-          "≥2 jumping contexts at the LoRA reference LR", "model"),
-    Claim("C5b", "smooth-lora", "freezing embeddings turns all jumps smooth and removes G_max's predictive power",
-          "Fig. 4 caption (contradicts C5)",
-          "no jumping context under LoRA and |Spearman(G_max, J)| < 0.3", "model"),
-    Claim("C6", "readout", "the discontinuity lives in the softmax readout: a_g, a_c, Δz smooth through the flip",
-          "Fig. 5", "in every jumping full-FT run, J of Δz, a_g, a_c < 10", "model"),
-    Claim("C7", "failure-modes", "both kinematic and structural failures occur", "§5.1",
-          "each mode seen in ≥1 silent-failure run in the zoo", "zoo"),
-    Claim("C8", "sweep-separation", "the 5-LR × 10-context sweep is separated by one G_max threshold",
-          "Fig. 3 caption (50 combinations on SmolLM-360M)",
-          "one G_max threshold separates jumping from continuous flipping sweep runs without error", "model"),
-    Claim("C9", "h-consistency", "H_FT consistent across architectures", "CV 9.3%, n=5, H≈10",
-          "CV(H_FT) ≤ 0.10 over ≥2 models", "zoo"),
-    Claim("C10", "two-classes", "every architecture is class A or class B",
-          "Fig. 6: A G²mean ∈ [0.045, 0.097] Gaussian; B ∈ [0.002, 0.003] exponential",
-          "the model is classified A or B", "model"),
-    Claim("C11", "lora-sufficiency", "class predicts LoRA sufficiency (sparse bulk: LoRA suffices)", "abstract",
-          "every class-B model ≥ 0.8 and every class-A model < 0.8; needs both classes", "zoo"),
-    Claim("C12", "burial-laws", "B_FT rises with G²mean and falls with H", "ρ = +0.90 and −0.90",
-          "both Spearman signs match with |ρ| ≥ 0.8 over ≥3 models", "zoo"),
-    Claim("C13", "blind-prediction", "critical LR of a held-out architecture predicted blind",
-          "within 2.1%", "leave-one-out over ≥2 models: every relative error ≤ 0.021", "zoo"),
-)
-BY_ID = {c.id: c for c in CLAIMS}
+    check: Callable = field(repr=False, compare=False)   # Campaign ("model") or campaigns ("zoo") → Verdict
 
 
 @dataclass(frozen=True)
@@ -87,6 +60,19 @@ class Verdict:
             raise ValueError(f"unknown verdict status {self.status!r}")
         if self.claim not in BY_ID:
             raise ValueError(f"unknown claim {self.claim!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-able form (verdicts.json, and the record a pytest-xdist worker sends)."""
+        return json.loads(json.dumps(asdict(self), default=float))
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Verdict:
+        """Inverse of :meth:`to_dict`; raises ValueError naming a missing or bad field."""
+        try:
+            return cls(str(d["claim"]), str(d["model"]), str(d["status"]), str(d["value"]), int(d["n"]),
+                       dict(d.get("details") or {}))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"not a verdict record: {d!r} ({err})") from None
 
 
 def _verdict(claim: str, model: str, ok: bool, value: str, n: int, **details) -> Verdict:
@@ -225,7 +211,6 @@ def c9_h_consistency(h_by_model: Mapping[str, float]) -> Verdict:
 
 def c10_two_classes(model: str, g2mean: float, kind: str) -> Verdict:
     """C10: the model is class A or class B (SPEC §2)."""
-    from .geometry import classify
     cls = classify(g2mean, kind)
     return _verdict("C10", model, cls in ("A", "B"), f"G²mean = {g2mean:.4f}, {kind} → {cls}", 1,
                     g2mean=g2mean, kind=kind, cls=cls)
@@ -260,3 +245,87 @@ def c13_blind_prediction(predictions: Sequence[laws.Prediction]) -> Verdict:
     value = "; ".join(f"{p.model} η̂_c={p.eta_hat:.3g} η_c={p.eta_c:.3g} err {p.rel_error:.1%}" for p in predictions)
     ok = all(p.rel_error <= BLIND_REL_ERROR_MAX for p in predictions)
     return _verdict("C13", "zoo", ok, value, len(predictions))
+
+
+# --- readers: what each claim reads from the run layer -------------------------------------
+
+def _c10(c: cmp.Campaign) -> Verdict:
+    b = cmp.bulk(c)
+    return c10_two_classes(c.model, b["g2mean"], b["kind"])
+
+
+def _c9(zoo: Sequence[cmp.Campaign]) -> Verdict:
+    return c9_h_consistency({c.model: cmp.reduced_field_of(c)[1] for c in zoo if c.plan.saturation})
+
+
+def _c11(zoo: Sequence[cmp.Campaign]) -> Verdict:
+    return c11_lora_sufficiency({c.model: cmp.bulk(c)["cls"] for c in zoo},
+                                {c.model: cmp.lora_sufficiency(c) for c in zoo})
+
+
+def _c12(zoo: Sequence[cmp.Campaign]) -> Verdict:
+    if len(zoo) < BURIAL_MIN_MODELS:   # do not pay for the laws of a claim that cannot be tested
+        return not_testable("C12", "zoo", f"needs ≥{BURIAL_MIN_MODELS} models, have {len(zoo)}", len(zoo))
+    with_h = [c for c in zoo if c.plan.saturation]
+    return c12_burial_laws({c.model: cmp.burial_ft(c) for c in with_h},
+                           {c.model: cmp.bulk(c)["g2mean"] for c in with_h},
+                           {c.model: cmp.reduced_field_of(c)[1] for c in with_h})
+
+
+def _c13(zoo: Sequence[cmp.Campaign]) -> Verdict:
+    bisected = [c for c in zoo if c.plan.eta_c]
+    if len(bisected) < 2:   # nothing to predict: report the η_c that was measured
+        measured = ", ".join(f"{c.model} η_c={cmp.critical_lr_of(c).eta_c:.3g}" for c in bisected)
+        return not_testable("C13", "zoo", f"needs ≥2 models with a critical-LR bisection, have {len(bisected)}"
+                            + (f" ({measured})" if bisected else ""), len(bisected))
+    predictions, excluded = cmp.blind_predictions(bisected)
+    if len(predictions) < 2:
+        return not_testable("C13", "zoo", "needs ≥2 models with η_c and q; excluded: "
+                            + "; ".join(f"{m}: {why}" for m, why in excluded.items()), len(predictions))
+    return c13_blind_prediction(predictions)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("C1", "silent-failure", "loss falls while g never overtakes c", "Fig. 3 / abstract",
+          "≥1 silent-failure run per model over the full-FT grid (rank-contested runs)", "model",
+          lambda c: c1_silent_failure(c.model, c.sweep())),
+    Claim("C2", "decomposition", "Φ = S + D", "abstract (additive decomposition)",
+          "|Φ−S−D| ≤ 1e-6 at every recorded step of every run", "model",
+          lambda c: c2_decomposition(c.model, c.all_runs())),
+    Claim("C3", "jumps-full", "catapult-like jumps under full FT; high-G_max pairs jump, low ones rise smoothly",
+          "Fig. 3: J = 33.7 (longing) vs 4.3 (purpose)",
+          "≥1 jumping context at η_ref and Spearman(G_max, J) > 0", "model",
+          lambda c: c3_jumps_full(c.model, c.reference())),
+    Claim("C4", "lora-frozen", "embedding (and untied head) exactly unchanged under LoRA", "abstract",
+          "torch.equal (bitwise) at every step of every LoRA run", "model",
+          lambda c: c4_lora_frozen(c.model, c.lora_runs())),
+    Claim("C5", "jumps-lora", "jumps persist under LoRA with frozen embeddings", "abstract",
+          "≥2 jumping contexts at the LoRA reference LR", "model",
+          lambda c: c5_jumps_lora(c.model, c.lora_reference())),
+    Claim("C5b", "smooth-lora", "freezing embeddings turns all jumps smooth and removes G_max's predictive power",
+          "Fig. 4 caption (contradicts C5)",
+          "no jumping context under LoRA and |Spearman(G_max, J)| < 0.3", "model",
+          lambda c: c5b_smooth_lora(c.model, c.lora_reference())),
+    Claim("C6", "readout", "the discontinuity lives in the softmax readout: a_g, a_c, Δz smooth through the flip",
+          "Fig. 5", "in every jumping full-FT run, J of Δz, a_g, a_c < 10", "model",
+          lambda c: c6_readout(c.model, c.sweep())),
+    Claim("C7", "failure-modes", "both kinematic and structural failures occur", "§5.1",
+          "each mode seen in ≥1 silent-failure run in the zoo", "zoo",
+          lambda zoo: c7_failure_modes({c.model: c.sweep() for c in zoo})),
+    Claim("C8", "sweep-separation", "the 5-LR × 10-context sweep is separated by one G_max threshold",
+          "Fig. 3 caption (50 combinations on SmolLM-360M)",
+          "one G_max threshold separates jumping from continuous flipping sweep runs without error", "model",
+          lambda c: c8_sweep_separation(c.model, c.sweep())),
+    Claim("C9", "h-consistency", "H_FT consistent across architectures", "CV 9.3%, n=5, H≈10",
+          "CV(H_FT) ≤ 0.10 over ≥2 models", "zoo", _c9),
+    Claim("C10", "two-classes", "every architecture is class A or class B",
+          "Fig. 6: A G²mean ∈ [0.045, 0.097] Gaussian; B ∈ [0.002, 0.003] exponential",
+          "the model is classified A or B", "model", _c10),
+    Claim("C11", "lora-sufficiency", "class predicts LoRA sufficiency (sparse bulk: LoRA suffices)", "abstract",
+          "every class-B model ≥ 0.8 and every class-A model < 0.8; needs both classes", "zoo", _c11),
+    Claim("C12", "burial-laws", "B_FT rises with G²mean and falls with H", "ρ = +0.90 and −0.90",
+          "both Spearman signs match with |ρ| ≥ 0.8 over ≥3 models", "zoo", _c12),
+    Claim("C13", "blind-prediction", "critical LR of a held-out architecture predicted blind",
+          "within 2.1%", "leave-one-out over ≥2 models: every relative error ≤ 0.021", "zoo", _c13),
+)
+BY_ID = {c.id: c for c in CLAIMS}

@@ -602,3 +602,57 @@ def test_c13_not_testable_with_fewer_than_two_predictions():
     v = claims.c13_blind_prediction([prediction("a", 0.0)])
     assert v.status == NOT_TESTABLE and v.n == 1 and v.value == "needs ≥2 models with η_c and q, have 1"
     assert claims.c13_blind_prediction([]).status == NOT_TESTABLE
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+def test_registry_follows_the_spec_table():
+    assert [c.id for c in claims.CLAIMS] == ["C1", "C2", "C3", "C4", "C5", "C5b", "C6", "C7", "C8", "C9",
+                                             "C10", "C11", "C12", "C13"]
+    assert {c.id for c in claims.CLAIMS if c.scope == "zoo"} == {"C7", "C9", "C11", "C12", "C13"}
+    assert all(c.scope in ("model", "zoo") and callable(c.check) for c in claims.CLAIMS)
+    assert claims.BY_ID == {c.id: c for c in claims.CLAIMS}
+
+
+class _NoRuns:
+    """A campaign stand-in whose every read fails: a check that reads nothing must not touch it."""
+
+    def __init__(self, model, eta_c=True):
+        self.model = model
+        self.plan = type("P", (), {"eta_c": eta_c, "saturation": ()})()
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{self.model}: {name} read by a claim that cannot be tested")
+
+
+def test_c12_with_too_few_models_reads_nothing():
+    v = claims.BY_ID["C12"].check([_NoRuns("a"), _NoRuns("b")])
+    assert (v.status, v.value, v.n) == (NOT_TESTABLE, "needs ≥3 models, have 2", 2)
+
+
+def test_c13_without_two_bisected_models_reads_nothing():
+    v = claims.BY_ID["C13"].check([_NoRuns("a", eta_c=False), _NoRuns("b", eta_c=False)])
+    assert (v.status, v.value, v.n) == (NOT_TESTABLE, "needs ≥2 models with a critical-LR bisection, have 0", 0)
+
+
+def test_model_claims_read_their_campaign(monkeypatch):
+    seen = []
+
+    class Recorder:
+        model = "m"
+
+        def __getattr__(self, name):
+            seen.append(name)
+            return lambda *a, **k: []
+
+    verdicts = {c.id: c.check(Recorder()) for c in claims.CLAIMS if c.scope == "model" and c.id != "C10"}
+    assert all(v.claim == cid and v.model == "m" for cid, v in verdicts.items())
+    assert set(seen) == {"sweep", "all_runs", "reference", "lora_runs", "lora_reference"}
+
+
+def test_verdict_record_round_trips_and_rejects_garbage():
+    v = Verdict("C3", "m", REPRODUCED, "1/2 jump", 2, {"ratios": {"a": float("inf")}})
+    assert Verdict.from_dict(v.to_dict()) == v
+    for bad in ({}, {"claim": "C3"}, {"claim": "C3", "model": "m", "status": "reproduced", "value": "", "n": None}):
+        with pytest.raises(ValueError):
+            Verdict.from_dict(bad)

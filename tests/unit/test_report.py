@@ -1,4 +1,5 @@
 """Unit tests of phantom.report: CLAIMS.md rendering, parsing, comparison and atomic write."""
+import dataclasses
 import os
 import re
 import subprocess
@@ -108,7 +109,6 @@ def test_render_without_reductions_and_with_figures():
     assert "## Figures" in text and "- [Fig. 3](docs/figures/fig3.png)" in text
     assert len(table_rows(text)) == len(claims.CLAIMS)
     assert all(r.endswith("| — | not run |") for r in table_rows(text))
-    assert report.verdicts(text) == {}
 
 
 @pytest.mark.parametrize("c5, c5b, words", [
@@ -132,31 +132,39 @@ def test_render_sample_note_names_c5b():
     assert "C5 reproduces on no model and C5b on `smollm2-135m`, `gemma3-270m`." in report.render(sample(), session())
 
 
-# --- verdicts / compare -----------------------------------------------------------------
+# --- verdicts.json / compare ----------------------------------------------------------------
 
-def test_verdicts_round_trip():
-    vs = sample()
-    assert report.verdicts(report.render(vs, session())) == expected(vs)
-
-
-def test_verdicts_round_trip_with_unknown_model_and_pipes():
-    vs = [Verdict("C2", "local/dir", REPRODUCED, "max |Φ−S−D| = 0.0e+00 | x", 1),
-          Verdict("C13", "zoo", NOT_REPRODUCED, "a | `b`: ✅ reproduced |", 2)]
-    text = report.render(vs, session())
-    assert report.verdicts(text) == expected(vs)
-    for row in table_rows(text):
-        assert len(gfm_cells(row)) == 5, row
+def as_json(vs, **kw):
+    return report.to_json(vs, session(**kw))
 
 
-def test_verdicts_of_text_without_table():
-    assert report.verdicts("") == {}
-    assert report.verdicts("# CLAIMS\n\nnothing here | at all | really | no | table |\n") == {}
+def test_json_round_trips_verdicts_and_session():
+    vs = sample() + [Verdict("C3", "gemma3-270m", REPRODUCED, "x", 2, {"ratios": {"a": float("inf")}, "rho": 0.5})]
+    back, facts = report.from_json(as_json(vs))
+    assert sorted(back, key=lambda v: (v.claim, v.model)) == sorted(vs, key=lambda v: (v.claim, v.model))
+    assert facts == dataclasses.replace(session(), history=[], date=facts.date,
+                                        reductions={m: list(r) for m, r in session().reductions.items()})
+    assert report.verdicts(as_json(vs)) == expected(vs)
+
+
+def test_json_is_stable_under_verdict_order():
+    assert as_json(sample()) == as_json(list(reversed(sample())))
+
+
+@pytest.mark.parametrize("text, words", [("", "not JSON"), ("[]", "not a verdicts.json"),
+                                         ('{"format": 2, "verdicts": []}', "not a verdicts.json"),
+                                         ('{"format": 1, "verdicts": [{"claim": "C1"}], "session": {}}',
+                                          "bad session facts"),
+                                         ('{"format": 1, "verdicts": [], "session": {"zoo": 1}}', "bad session")])
+def test_from_json_rejects_bad_files_naming_the_problem(text, words):
+    with pytest.raises(ValueError, match=words):
+        report.from_json(text)
 
 
 def test_compare_identical_is_empty():
-    text = report.render(sample(), session())
+    text = as_json(sample())
     assert report.compare(text, text) == []
-    assert report.compare(text, report.render(list(reversed(sample())), session(wall_s=1.0))) == []
+    assert report.compare(text, as_json(list(reversed(sample())), wall_s=1.0)) == []
 
 
 def test_compare_lists_flipped_absent_and_new_verdicts():
@@ -164,7 +172,7 @@ def test_compare_lists_flipped_absent_and_new_verdicts():
     new_vs = [Verdict(v.claim, v.model, REPRODUCED, v.value, v.n)
               if (v.claim, v.model) == ("C1", "gemma3-270m") else v for v in old_vs[:-1]]
     new_vs.append(Verdict("C4", "smollm2-135m", REPRODUCED, "3/3 runs bitwise frozen", 3))
-    diff = report.compare(report.render(old_vs, session()), report.render(new_vs, session()))
+    diff = report.compare(as_json(old_vs), as_json(new_vs))
     assert diff == ["C1 gemma3-270m: not reproduced → reproduced",
                     "C4 smollm2-135m: absent → reproduced",
                     "C9 zoo: not testable → absent"]
@@ -174,11 +182,11 @@ def test_compare_lists_flipped_absent_and_new_verdicts():
 
 @pytest.fixture
 def files(tmp_path):
-    old, flipped, empty = tmp_path / "old.md", tmp_path / "new.md", tmp_path / "empty.md"
-    report.write(old, sample(), session())
+    old, flipped, empty = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "empty.json"
+    old.write_text(as_json(sample()), encoding="utf-8")
     vs = [Verdict(v.claim, v.model, NOT_REPRODUCED, v.value, v.n) if v.claim == "C2" else v for v in sample()]
-    report.write(flipped, vs, session())
-    empty.write_text("# CLAIMS\n\nno table\n", encoding="utf-8")
+    flipped.write_text(as_json(vs), encoding="utf-8")
+    empty.write_text(as_json([]), encoding="utf-8")
     return str(old), str(flipped), str(empty)
 
 
@@ -198,11 +206,11 @@ def test_main_flipped_returns_1(files, capsys):
     assert f"{len(sample())} verdicts compared, 2 changed" in out
 
 
-@pytest.mark.parametrize("argv", [[], ["compare"], ["compare", "a.md"], ["diff", "a.md", "b.md"],
-                                  ["compare", "a.md", "b.md", "c.md"]])
+@pytest.mark.parametrize("argv", [[], ["compare"], ["compare", "a.json"], ["diff", "a.json", "b.json"],
+                                  ["compare", "a.json", "b.json", "c.json"]])
 def test_main_bad_usage_returns_2(argv, capsys):
     assert report.main(argv) == 2
-    assert "usage: python -m phantom.report compare OLD.md NEW.md" in capsys.readouterr().err
+    assert "usage: python -m phantom.report compare OLD.json NEW.json" in capsys.readouterr().err
 
 
 def test_main_old_without_verdicts_is_an_error(files, capsys):
@@ -218,6 +226,17 @@ def test_main_new_without_verdicts_flips_everything(files, capsys):
     assert f"0 verdicts compared, {len(sample())} changed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", ["# CLAIMS\n\nno table\n", None])
+def test_main_unreadable_or_markdown_file_is_one_error_line(tmp_path, files, capsys, content):
+    old, _, _ = files
+    bad = tmp_path / "bad.md"
+    if content is not None:
+        bad.write_text(content, encoding="utf-8")
+    assert report.main(["compare", old, str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("phantom: error:")
+
+
 def test_module_entry_point(files):
     old, new, _ = files
     run = lambda *a: subprocess.run([sys.executable, "-m", "phantom.report", *a],  # noqa: E731
@@ -228,36 +247,38 @@ def test_module_entry_point(files):
     assert run("compare").returncode == 2
 
 
-# --- write ------------------------------------------------------------------------------
+# --- publish / session log ------------------------------------------------------------------
 
-def test_write_round_trips_and_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "CLAIMS.md"
-    report.write(path, sample(), session())
-    assert os.listdir(tmp_path) == ["CLAIMS.md"]
-    text = path.read_text(encoding="utf-8")
-    assert report.verdicts(text) == expected(sample())
-    assert text.splitlines()[0] == "# CLAIMS — phantom verdicts"
-    report.write(path, sample()[:2], session())            # overwrite
-    assert os.listdir(tmp_path) == ["CLAIMS.md"]
-    assert report.verdicts(path.read_text(encoding="utf-8")) == expected(sample()[:2])
+def test_publish_writes_json_then_markdown_rendered_from_it(tmp_path):
+    js, md = tmp_path / "verdicts.json", tmp_path / "CLAIMS.md"
+    report.publish(sample(), session(), verdicts_path=js, claims_md=md, log_dir=tmp_path / "log")
+    assert sorted(os.listdir(tmp_path)) == ["CLAIMS.md", "log", "verdicts.json"]   # no temp files left
+    stored, facts = report.from_json(js.read_text(encoding="utf-8"))
+    assert md.read_text(encoding="utf-8") == report.render(stored, facts)
+    assert report.verdicts(js.read_text(encoding="utf-8")) == expected(sample())
+    assert [h["budget"] for h in report.session_log(tmp_path / "log")] == ["standard"]
 
 
-def test_write_replaces_atomically(tmp_path, monkeypatch):
-    path = tmp_path / "CLAIMS.md"
-    path.write_text("old\n", encoding="utf-8")
+def test_publish_replaces_atomically(tmp_path, monkeypatch):
+    js, md = tmp_path / "verdicts.json", tmp_path / "CLAIMS.md"
+    md.write_text("old\n", encoding="utf-8")
     seen = []
     real_replace = os.replace
 
     def replace(src, dst):
         # the new text is complete in a sibling temp file; the target still holds the old text
-        seen.append((os.path.dirname(src), open(src, encoding="utf-8").read(), open(dst, encoding="utf-8").read()))
+        seen.append((os.path.dirname(src), os.path.basename(dst),
+                     open(dst, encoding="utf-8").read() if os.path.exists(dst) else None))
         real_replace(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", replace)
-    report.write(path, sample(), session())
-    assert len(seen) == 1
-    src_dir, new_text, old_text = seen[0]
-    assert os.path.samefile(src_dir, tmp_path) and old_text == "old\n"
-    assert report.verdicts(new_text) == expected(sample())
-    assert path.read_text(encoding="utf-8") == new_text
-    assert os.listdir(tmp_path) == ["CLAIMS.md"]
+    monkeypatch.setattr(os, "replace", replace)
+    report.publish(sample(), session(), verdicts_path=js, claims_md=md)
+    assert [(os.path.samefile(d, tmp_path), name) for d, name, _ in seen] == [(True, "verdicts.json"),
+                                                                               (True, "CLAIMS.md")]
+    assert seen[1][2] == "old\n"
+
+
+def test_session_log_skips_a_damaged_line(tmp_path):
+    (tmp_path / "claims-sessions.jsonl").write_text('{"budget": "quick"}\nnot json\n', encoding="utf-8")
+    assert report.session_log(tmp_path, {"budget": "standard"}) == [{"budget": "quick"}]
+    assert [h["budget"] for h in report.session_log(tmp_path)] == ["quick", "standard"]

@@ -1,0 +1,275 @@
+"""The claim suite as a pytest plugin: claim × model items, verdicts across xdist, CLAIMS.md.
+
+Loaded by the root ``conftest.py`` (``pytest_plugins``). Its options (``--zoo``, ``--models``,
+``--budget``, ``--claims-md``, ``--verdicts``, ``--expected``) are validated once, in the
+controller, before any worker starts. A test function asks for what it needs:
+
+- ``claim_case`` — parametrised over the session's (claim × model) pairs, as scikit-learn's
+  ``parametrize_with_checks`` does for estimators: ids ``C3-smollm2-135m`` or ``C9-zoo``. An
+  entry of ``expected.toml`` becomes a strict ``xfail`` mark at collection, with its reason.
+- ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model,
+  costliest first, so that pytest-xdist spreads the fine-tuning over the workers.
+- ``bisected_model`` — the models whose plan has the critical-LR bisection.
+- ``claims`` — the :class:`ClaimsSession` (campaigns and run store of this process).
+- ``judge`` — records a verdict and makes it the test's outcome: reproduced passes, not
+  reproduced fails (an expected one is a strict xfail), not testable skips with the reason.
+
+The controller gathers every verdict (xdist relays ``user_properties``) and the run-store
+keys each worker read and computed. At the end it writes ``verdicts.json`` (every verdict
+and the header facts) and renders CLAIMS.md from it — only from a complete session: one
+that was not interrupted and has a verdict for every (claim, model) pair. Anything less
+goes to ``<cache>/claims-partial/`` and the committed table is left untouched.
+"""
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from . import campaign as cmp
+from . import claims as registry
+from . import report, runs, zoo
+from .store import RunStore, default_root
+
+EXPECTED = Path("tests") / "claims" / "expected.toml"
+
+
+@dataclass(frozen=True)
+class ClaimCase:
+    """One (claim, model) item of the suite; ``model`` is ``"zoo"`` for cross-model claims."""
+
+    claim: registry.Claim
+    model: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.claim.id}-{self.model}"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("phantom", "phantom claim suite")
+    group.addoption("--zoo", default="offline", choices=("offline", "paper"),
+                    help="model zoo of SPEC §7 (default: offline)")
+    group.addoption("--models", default=None,
+                    help="comma-separated zoo names, Hugging Face ids or local dirs (overrides --zoo)")
+    group.addoption("--budget", default="standard", choices=cmp.BUDGETS,
+                    help="quick: SmolLM2 only; standard: SmolLM2 + Gemma-3; full: the SPEC protocol "
+                         "on every model (Qwen included offline)")
+    group.addoption("--claims-md", default=None,
+                    help="where to write the verdict table (default: CLAIMS.md in the rootdir)")
+    group.addoption("--verdicts", default=None, help="where to write the machine-readable verdicts, which "
+                    "CI compares (default: verdicts.json in the rootdir)")
+    group.addoption("--expected", default=None, help="TOML list of (claim, model) pairs expected not to "
+                    f"reproduce (default: {EXPECTED} in the rootdir)")
+
+
+def _path(config: pytest.Config, option: str, default: Path) -> Path:
+    """An option's path: as given, relative to where pytest was invoked; else ``default`` in the rootdir."""
+    given = config.getoption(option)
+    return Path(config.invocation_params.dir) / given if given else Path(config.rootpath) / default
+
+
+def read_expected(path: Path) -> dict[tuple[str, str], dict]:
+    """(claim, model) → entry of an expected.toml; a malformed file is one usage error."""
+    try:
+        entries = tomllib.loads(path.read_text(encoding="utf-8")).get("not_reproduced", [])
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise pytest.UsageError(f"{path}: not a readable TOML file ({err})") from None
+    out = {}
+    for e in entries if isinstance(entries, list) else [entries]:
+        if not isinstance(e, dict) or e.get("claim") not in registry.BY_ID or not e.get("model") \
+                or not e.get("reason"):
+            raise pytest.UsageError(f"{path}: every [[not_reproduced]] entry needs a known claim, "
+                                    f"a model and a reason; got {e!r}")
+        out[(e["claim"], e["model"])] = e
+    return out
+
+
+class ClaimsSession:
+    """Everything one pytest process knows about its claims session (no module-global state)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.models = cmp.select_models(config.getoption("--models"), config.getoption("--zoo"),
+                                        config.getoption("--budget"))
+        self.budget = config.getoption("--budget")
+        self.expected = read_expected(_path(config, "--expected", EXPECTED))
+        self.store = RunStore()
+        self.start = time.time()
+        self.verdicts: list[registry.Verdict] = []
+        self.keys = {"requested": set(), "computed": set()}
+        self._campaigns: dict[str, cmp.Campaign] = {}
+
+    def campaign(self, model: str) -> cmp.Campaign:
+        if model not in self._campaigns:
+            self._campaigns[model] = cmp.Campaign.for_budget(model, self.budget, self.store)
+        return self._campaigns[model]
+
+    def zoo(self) -> list[cmp.Campaign]:
+        return [self.campaign(m) for m in self.models]
+
+    def cases(self) -> list[ClaimCase]:
+        """Every (claim, model) pair of the session, in registry order."""
+        return [ClaimCase(c, m) for c in registry.CLAIMS
+                for m in (self.models if c.scope == "model" else ("zoo",))]
+
+    def check(self, case: ClaimCase) -> registry.Verdict:
+        """The claim's verdict on its model (or on the zoo), read through the run layer."""
+        subject = self.campaign(case.model) if case.claim.scope == "model" else self.zoo()
+        return case.claim.check(subject)
+
+    def param(self, case: ClaimCase):
+        listed = self.expected.get((case.claim.id, case.model))
+        marks = [pytest.mark.xfail(strict=True, raises=NotReproduced, reason=f"expected not reproduced "
+                                   f"({listed['measured']}): {listed['reason']}")] if listed else []
+        return pytest.param(case, id=case.id, marks=marks)
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def pytest_generate_tests(self, metafunc):
+        if "claim_case" in metafunc.fixturenames:
+            metafunc.parametrize("claim_case", [self.param(c) for c in self.cases()])
+        if "planned_run" in metafunc.fixturenames:
+            metafunc.parametrize("planned_run", [
+                pytest.param((m, *r), id=f"{m}-{r[0]}-{r[1]:g}-{r[2]}")
+                for m in self.models for r in self.campaign(m).planned()])
+        if "bisected_model" in metafunc.fixturenames:
+            metafunc.parametrize("bisected_model", [m for m in self.models if self.campaign(m).plan.eta_c])
+
+    def pytest_runtest_logreport(self, report):
+        """Controller side: every report, including those relayed from xdist workers."""
+        if report.when == "call":
+            for name, value in report.user_properties:
+                if name == "verdict":
+                    self.verdicts.append(registry.Verdict.from_dict(json.loads(value)))
+
+    def pytest_testnodedown(self, node, error):
+        """Controller side: the store keys a worker asked for and computed."""
+        for kind, keys in node.workeroutput.get("store_keys", {}).items():
+            self.keys[kind] |= {tuple(k) for k in keys}
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if hasattr(session.config, "workerinput"):     # a worker: hand its store keys to the controller
+            session.config.workeroutput["store_keys"] = {"requested": sorted(self.store.requested),
+                                                         "computed": sorted(self.store.computed)}
+            return
+        self.keys["requested"] |= self.store.requested   # without xdist, this process did the work
+        self.keys["computed"] |= self.store.computed
+        if self.verdicts:
+            self.outcome = self.publish(exitstatus)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if getattr(self, "outcome", None):
+            terminalreporter.write_line(self.outcome)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def missing(self) -> list[str]:
+        """The (claim, model) pairs without a verdict."""
+        have = {(v.claim, v.model) for v in self.verdicts}
+        return [c.id for c in self.cases() if (c.claim.id, c.model) not in have]
+
+    def publish(self, exitstatus) -> str:
+        """Write verdicts.json and CLAIMS.md (complete session) or their partial copies; say where."""
+        rootpath = Path(self.config.rootpath)
+        missing = self.missing()
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        complete = not missing and not interrupted
+        final_md = _path(self.config, "--claims-md", Path("CLAIMS.md"))
+        if complete:
+            md, js = final_md, _path(self.config, "--verdicts", Path("verdicts.json"))
+            figures_dir = rootpath / "docs" / "figures"
+        else:
+            partial = default_root().parent / "claims-partial"
+            md, js, figures_dir = partial / "CLAIMS.md", partial / "verdicts.json", partial / "figures"
+        session = self.session_facts(figures_dir, rootpath if complete else figures_dir.parent)
+        report.publish(self.verdicts, session, verdicts_path=js, claims_md=md,
+                       log_dir=default_root().parent if complete else None)
+        if complete:
+            return f"phantom: wrote {md} and {js} ({len(self.verdicts)} verdicts)"
+        why = "interrupted" if interrupted else f"no verdict for {', '.join(missing[:6])}" \
+            + ("…" if len(missing) > 6 else "")
+        return f"phantom: session incomplete ({why}): {final_md} left untouched; the partial table is in {md}"
+
+    def session_facts(self, figures_dir: Path, relative_to: Path) -> report.Session:
+        first = self.models[0]
+        figures = draw_figures(self.campaign(first), figures_dir)
+        return report.Session(
+            zoo="custom" if self.config.getoption("--models") else self.config.getoption("--zoo"),
+            budget=self.budget, models={m: runs.weights_sha256(m) for m in self.models},
+            versions=runs.versions(), wall_s=time.time() - self.start,
+            computed=len(self.keys["computed"]), requested=len(self.keys["requested"]),
+            reductions={m: self.campaign(m).plan.reductions for m in self.models},
+            figures={k: str(Path(v).relative_to(relative_to)) if v else v for k, v in figures.items()},
+            history=report.session_log(default_root().parent),
+            workers=f"-n {self.config.option.numprocesses}" if getattr(self.config.option, "numprocesses", None)
+            else "no xdist")
+
+
+def _refuse_load(name: str):
+    raise LookupError(f"{name}: a run the figures need is not in the run store")
+
+
+def draw_figures(campaign: cmp.Campaign, outdir: Path) -> dict[str, str]:
+    """CLAIMS.md's figures from runs already in the store (nothing is computed for a figure)."""
+    from . import plots
+    stored = cmp.Campaign(campaign.model, campaign.plan, campaign.store, loader=_refuse_load)
+    try:
+        reference, lora = stored.reference(), stored.lora_reference()
+    except LookupError as err:
+        return {f"figures not drawn: {err}": ""}
+    if not reference:
+        return {}
+    return {k: str(v) for k, v in plots.claims_figures(campaign.model, reference, lora, outdir).items()}
+
+
+class NotReproduced(AssertionError):
+    """A claim's verdict is *not reproduced* (the test fails, or xfails when expected)."""
+
+
+_SESSION = pytest.StashKey[ClaimsSession]()
+
+
+def pytest_configure(config):
+    """Validate the session's options once, in the controller too, and register the session."""
+    try:
+        session = ClaimsSession(config)
+    except ValueError as err:           # an empty model list, an empty item
+        raise pytest.UsageError(str(err)) from None
+    if config.getoption("--models") is not None and not hasattr(config, "workerinput"):
+        for model in session.models:
+            try:
+                zoo.check_name(model)
+            except zoo.UnknownModel as err:
+                raise pytest.UsageError(str(err)) from None
+    config.stash[_SESSION] = session
+    config.pluginmanager.register(session, "phantom-claims-session")
+    # Claim runs differ in cost by 10×: work stealing keeps both workers busy.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "worksteal"
+
+
+@pytest.fixture(scope="session")
+def claims(request) -> ClaimsSession:
+    return request.config.stash[_SESSION]
+
+
+@pytest.fixture
+def judge(record_property, claims) -> Callable[[registry.Verdict], None]:
+    """Record a verdict and make it the test's outcome (see the module docstring)."""
+
+    def _judge(verdict: registry.Verdict) -> None:
+        record_property("verdict", json.dumps(verdict.to_dict()))
+        if verdict.status == registry.NOT_TESTABLE:
+            pytest.skip(f"{verdict.claim} not testable on {verdict.model}: {verdict.value}")
+        if verdict.status == registry.NOT_REPRODUCED:
+            raise NotReproduced(f"{verdict.claim} not reproduced on {verdict.model}: {verdict.value}")
+
+    return _judge
