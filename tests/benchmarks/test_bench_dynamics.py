@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from phantom import contexts, dynamics, zoo
+from phantom.protocol import MODES
 
 SMOL = "smollm2-135m"
 CONTEXT = contexts.get("quiet")
@@ -111,7 +112,7 @@ def trainers(smol):
 
 
 @pytest.mark.parametrize("kind", ["bare", "instrumented"])
-@pytest.mark.parametrize("mode", dynamics.MODES)
+@pytest.mark.parametrize("mode", MODES)
 def test_bench_step(benchmark, trainers, mode, kind):
     trainer = trainers(mode)
     info = benchmark.extra_info

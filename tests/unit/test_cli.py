@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_models
 
 from phantom import cli, contexts
-
-import tiny_models
 
 RUN_OPTIONS = ("--model", "--context", "--mode", "--lr", "--steps", "--seed", "--out", "--no-store",
                "--device")

@@ -4,11 +4,10 @@ from __future__ import annotations
 import re
 
 import pytest
+import tiny_models
 import torch
 
 from phantom import contexts, geometry, zoo
-
-import tiny_models
 
 SPEC_IDS = ("longing", "purpose", "shame", "tired", "awful", "scared", "quiet", "begin", "ancient", "funny")
 

@@ -12,13 +12,13 @@ import math
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
 
 from phantom import contexts, dynamics, zoo
+from phantom.protocol import LORA_RANK, MODES, PROTOCOL_VERSION
 from phantom.trajectory import SERIES
-
-import tiny_models
 
 SMOL = "smollm2-135m"
 CONTEXT = contexts.get("quiet")   # short text; rank-contested on SmolLM2 (p_quiet ≪ p_soft)
@@ -96,7 +96,7 @@ class TestSmolLM2:
         assert (meta["model"], meta["context"], meta["text"]) == (SMOL, CONTEXT.id, CONTEXT.text)
         assert (meta["mode"], meta["lr"], meta["steps"], meta["seed"]) == ("full", LR_FULL, T, 0)
         assert meta["weights_sha256"] == smol.info.weights_sha256
-        assert meta["protocol_version"] == dynamics.PROTOCOL_VERSION
+        assert meta["protocol_version"] == PROTOCOL_VERSION
         assert meta["n_trainable"] == smol.info.n_params      # every parameter (tied: counted once)
         # G_max is the step-0 G_gc; max_{j≠g} G_gj includes j = c
         assert meta["g_max"] == pytest.approx(traj["g_gc"][0], abs=1e-6)
@@ -135,7 +135,7 @@ class TestSmolLM2:
         cfg = smol.model.config
         head_dim = cfg.hidden_size // cfg.num_attention_heads
         q_out, v_out = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
-        per_layer = dynamics.LORA_RANK * ((cfg.hidden_size + q_out) + (cfg.hidden_size + v_out))
+        per_layer = LORA_RANK * ((cfg.hidden_size + q_out) + (cfg.hidden_size + v_out))
         assert traj.meta["n_trainable"] == cfg.num_hidden_layers * per_layer
         # the loaded model itself is never touched
         assert zoo.state_sha256(smol.model) == smol_sha
@@ -146,7 +146,7 @@ class TestSmolLM2:
         for name in ("loss", "p_g", "p_c", "phi", "signal", "drag", "purity", "dz", "a_g", "a_c"):
             assert base["full"][name][0] == pytest.approx(base["lora"][name][0], rel=1e-5, abs=1e-9), name
 
-    @pytest.mark.parametrize("mode", dynamics.MODES)
+    @pytest.mark.parametrize("mode", MODES)
     def test_deterministic(self, base, smol, mode):
         lr = LR_FULL if mode == "full" else LR_LORA
         again = dynamics.run(smol, CONTEXT, mode=mode, lr=lr, steps=T)
@@ -283,7 +283,7 @@ def test_tiny_step_zero_is_the_oriented_state(tiny, arch):
     loaded = tiny[arch]
     pair = contexts.orient(TINY_CONTEXT, loaded)
     runs = {mode: dynamics.run(loaded, TINY_CONTEXT, mode=mode, lr=TINY_LR, steps=1, pair=pair)
-            for mode in dynamics.MODES}
+            for mode in MODES}
     for traj in runs.values():
         assert traj["p_g"][0] == pytest.approx(pair.p_g0, rel=1e-5)
         assert traj["p_c"][0] == pytest.approx(pair.p_c0, rel=1e-5)

@@ -14,10 +14,20 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from phantom.geometry import (
-    CLASS_A_BAND, CLASS_B_BAND, BornGap, BulkShape, born_gap, bulk_shape, burial_depth,
-    classify, g2_mean, localisation_length, normalize_rows, participation_ratio, purity,
+    BornGap,
+    BulkShape,
+    born_gap,
+    bulk_shape,
+    burial_depth,
+    classify,
+    g2_mean,
+    localisation_length,
+    normalize_rows,
+    participation_ratio,
+    purity,
     sample_overlaps,
 )
+from phantom.protocol import CLASS_A_BAND, CLASS_B_BAND
 
 TOL = 1e-9
 

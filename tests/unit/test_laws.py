@@ -7,10 +7,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phantom.laws import (
-    ETA_REF, BlindQ, CriticalLR, LeakageError, Prediction, SaturationFit, blind_q,
-    critical_lr, cv, fit_saturation, guard_held_out, leave_one_out, predict_held_out,
-    reduced_field, saturation_search_bounds, spearman,
+    BlindQ,
+    CriticalLR,
+    LeakageError,
+    Prediction,
+    SaturationFit,
+    blind_q,
+    critical_lr,
+    cv,
+    fit_saturation,
+    guard_held_out,
+    leave_one_out,
+    predict_held_out,
+    reduced_field,
+    saturation_search_bounds,
+    spearman,
 )
+from phantom.protocol import ETA_REF
 
 GRID = [2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5]
 

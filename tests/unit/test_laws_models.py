@@ -15,14 +15,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 
 from phantom import campaign, contexts, dynamics, geometry, runs, store, zoo
 from phantom.campaign import Campaign, ModelLaws, Plan
 from phantom.protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
-
-import tiny_models
 
 GRID = tuple(sorted(EXTENDED_GRID + FULL_GRID))   # the full-FT LRs that bracket η_c
 

@@ -9,8 +9,16 @@ from hypothesis import strategies as st
 
 from phantom.trajectory import SERIES, Trajectory
 from phantom.transitions import (
-    Analysis, Jump, analyse, born_flip_step, failure_modes, is_silent_failure, is_smooth,
-    jump, jumps, rank_flip_step,
+    Analysis,
+    Jump,
+    analyse,
+    born_flip_step,
+    failure_modes,
+    is_silent_failure,
+    is_smooth,
+    jump,
+    jumps,
+    rank_flip_step,
 )
 
 T = 30

@@ -19,11 +19,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import tiny_models
 import torch
 
 from phantom import zoo
-
-import tiny_models
 
 SMOL = "smollm2-135m"
 HEX64 = re.compile(r"[0-9a-f]{64}")
