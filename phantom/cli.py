@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import campaign, contexts, files, runs, store, zoo
+from . import campaign, contexts, dynamics, files, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -237,13 +237,17 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-store", action="store_true",
                    help="fine-tune directly instead of reading/writing the shared run store "
                         "($PHANTOM_RUNS, else ~/.cache/phantom/runs) (default: use the store)")
+    p.add_argument("--observables", default="all", choices=dynamics.OBSERVABLES,
+                   help="all: every series at every step; claims: purity, PR, ξ and B at t = 0 only and "
+                        "the embedding check under LoRA only, as the claim suite records them "
+                        "(default: %(default)s)")
     p.add_argument("--device", default="cpu",
                    help="torch device of the run (a non-cpu device needs --no-store) "
                         "(default: %(default)s)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import dynamics, transitions
+    from . import transitions
     from .plots import plot_trajectory
 
     clock = _Clock()
@@ -257,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pair = contexts.orient(context, loaded)
         clock(f"{what} on {args.device} …")
         traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                            seed=args.seed, device=args.device, pair=pair)
+                            seed=args.seed, device=args.device, pair=pair, observables=args.observables)
         source = "computed (--no-store)"
     else:
         clock(f"checking model {args.model} (run store: {store.default_root()}) …")
@@ -268,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clock(f"{what}, unless already in the run store …")
         before = loader.calls
         traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                                seed=args.seed, loader=loader)
+                               seed=args.seed, observables=args.observables, loader=loader)
         source = "run store (computed now)" if loader.calls > before else "run store (cached)"
     if source == "run store (cached)":
         clock("done: from store")

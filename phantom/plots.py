@@ -9,11 +9,15 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .files import write_atomic
+from .protocol import ETA_REF, LORA_REF
 from .trajectory import Trajectory
+from .transitions import analyse, born_flip_step, jump, jumps
 
 FIGSIZE, DPI = (7.0, 5.0), 100
 
@@ -44,7 +48,6 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
     analysis : phantom.transitions.Analysis, optional
         Computed from ``traj`` if omitted.
     """
-    from .transitions import analyse
     analysis = analysis if analysis is not None else analyse(traj)
     t = range(len(traj["phi"]))
 
@@ -79,7 +82,6 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename)."""
-    from .files import write_atomic
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
@@ -88,7 +90,6 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
 
 
 def _flip_lines(ax, traj: Trajectory) -> None:
-    from .transitions import born_flip_step
     flip = born_flip_step(traj["phi"])
     if flip is not None:
         ax.axvline(flip, color="C3", ls="--", lw=1.0, label=f"Born flip (t={flip})")
@@ -130,8 +131,6 @@ def claims_figures(model: str, reference: list[Trajectory], lora_reference: list
         The model's full-FT runs at η_ref and LoRA runs at the LoRA reference LR.
     outdir : path
     """
-    from .protocol import ETA_REF, LORA_REF
-    from .transitions import jump, jumps
     outdir = Path(outdir)
     ref = sorted(reference, key=lambda r: jump(r["phi"]).ratio)
     hi, lo = ref[-1], ref[0]
@@ -160,7 +159,6 @@ def plot_saturation(model: str, responses: dict, fits: dict, path: str | os.Path
     ``responses`` maps a context to its ``(etas, R)`` points, ``fits`` a context to its
     :class:`phantom.laws.SaturationFit` (only fitted contexts are drawn).
     """
-    import numpy as np
     fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()

@@ -219,7 +219,7 @@ def _refuse_load(name: str):
 
 def draw_figures(campaign: cmp.Campaign, outdir: Path) -> dict[str, str]:
     """CLAIMS.md's figures from runs already in the store (nothing is computed for a figure)."""
-    from . import plots
+    from . import plots   # matplotlib, for a claims session only: unit-test sessions load this plugin too
     stored = cmp.Campaign(campaign.model, campaign.plan, campaign.store, loader=_refuse_load)
     try:
         reference, lora = stored.reference(), stored.lora_reference()

@@ -64,7 +64,7 @@ def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
 @functools.lru_cache(maxsize=None)
 def versions() -> dict:
     """Versions that can change a result's numbers."""
-    import peft
+    import peft           # heavy: imported when a key is first built, not with the module
     import torch
     import transformers
     return {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -147,35 +147,43 @@ def orientation(model: str, context: contexts.Context | str, *, store: RunStore 
 
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
-               seed: int = SEED, stop: str = "never", store: RunStore | None = None,
+               seed: int = SEED, stop: str = "never", observables: str = "claims", store: RunStore | None = None,
                loader: Callable = SLOT) -> Trajectory:
     """A run from the store, computed (once across all processes) on a miss (SPEC §4).
+
+    The key holds the observable set; a request for ``"claims"`` is served by an ``"all"``
+    entry of the same run when one is stored (it records a superset).
 
     Parameters
     ----------
     model : str
         Zoo name, local directory or hub id (loaded through ``loader`` only on a miss).
     context : phantom.contexts.Context or str
-    mode, lr, steps, seed, stop
+    mode, lr, steps, seed, stop, observables
         As :func:`phantom.dynamics.run`.
     """
-    dynamics.validate(mode, lr, steps, stop)   # before any model is loaded
+    dynamics.validate(mode, lr, steps, stop, observables)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
     store = store or RunStore()
     pair = orientation(model, context, store=store, loader=loader)
-    k = key("trajectory", model, context=_context_fields(context), orientation=[pair.g_word, pair.c_word],
-            mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop,
-            protocol_version=dynamics.PROTOCOL_VERSION)
+
+    def run_key(obs: str) -> dict:
+        return key("trajectory", model, context=_context_fields(context), orientation=[pair.g_word, pair.c_word],
+                   mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop, observables=obs,
+                   protocol_version=dynamics.PROTOCOL_VERSION)
+
+    if observables != "all" and (wider := store.get(run_key("all"))) is not None:
+        return Trajectory.from_dict(wider)
 
     def compute() -> dict:
         loaded = loader(model)
         heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
         with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
-                                stop=stop)
+                                stop=stop, observables=observables)
         return traj.to_dict()
 
-    return Trajectory.from_dict(store.get_or_compute(k, compute))
+    return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute))
 
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,

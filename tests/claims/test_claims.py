@@ -29,7 +29,13 @@ def test_run(planned_run, claims):
     traj = camp.run(mode, lr, context)
     n = len(traj["phi"])
     assert traj.meta["context"] == context and traj.meta["mode"] == mode and traj.meta["lr"] == lr
-    assert all(np.isfinite(traj[k]).all() for k in SERIES), "a recorded series is not finite"
+    recorded = {k: traj[k][~np.isnan(traj[k])] for k in SERIES}
+    assert all(np.isfinite(v).all() for v in recorded.values()), "a recorded series is not finite"
+    assert all(len(recorded[k]) == n for k in ("loss", "phi", "signal", "drag", "p_g", "p_c", "dz")), \
+        "a series every claim reads was not recorded at every step"
+    assert not np.isnan(traj["burial"][0]), "B at t = 0 (B_FT) was not recorded"
+    if mode == "lora":
+        assert len(recorded["embed_equal"]) == n, "C4's embedding check was not made at every step"
     if traj.diverged_at is None and traj.meta["stopped_at"] is None:
         assert n == camp.plan.steps + 1
     else:

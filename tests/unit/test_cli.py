@@ -17,7 +17,7 @@ import tiny_models
 
 from phantom import cli, contexts
 
-RUN_OPTIONS = ("--model", "--context", "--mode", "--lr", "--steps", "--seed", "--out", "--no-store",
+RUN_OPTIONS = ("--model", "--context", "--mode", "--lr", "--steps", "--seed", "--out", "--no-store", "--observables",
                "--device")
 HEADER = ("t", "loss", "p_g", "p_c", "Φ", "S", "D", "γ", "B", "Δz", "rank_g", "rank_c")
 SUMMARY = ("pair", "G_max", "jump", "Born flip", "rank flip", "silent", "diverged_at", "source", "wrote")

@@ -59,8 +59,8 @@ def pair(smol):
 @pytest.fixture(scope="module")
 def base(smol, smol_sha, pair):
     """The reference runs: LoRA first (fresh process state), then full FT."""
-    lora = dynamics.run(smol, CONTEXT, mode="lora", lr=LR_LORA, steps=T)
-    full = dynamics.run(smol, CONTEXT, mode="full", lr=LR_FULL, steps=T)
+    lora = dynamics.run(smol, CONTEXT, mode="lora", lr=LR_LORA, steps=T, observables="all")
+    full = dynamics.run(smol, CONTEXT, mode="full", lr=LR_FULL, steps=T, observables="all")
     return {"lora": lora, "full": full}
 
 
@@ -149,7 +149,7 @@ class TestSmolLM2:
     @pytest.mark.parametrize("mode", MODES)
     def test_deterministic(self, base, smol, mode):
         lr = LR_FULL if mode == "full" else LR_LORA
-        again = dynamics.run(smol, CONTEXT, mode=mode, lr=lr, steps=T)
+        again = dynamics.run(smol, CONTEXT, mode=mode, lr=lr, steps=T, observables="all")
         assert_same_run(again, base[mode])
 
     def test_no_leakage_between_runs(self, base, smol, smol_sha):
@@ -158,7 +158,7 @@ class TestSmolLM2:
         assert other.meta["lr"] == 5e-5 and len(other["loss"]) == 2
         torch.manual_seed(12345)                        # a dirty global RNG must not matter either
         torch.rand(17)
-        after = dynamics.run(smol, CONTEXT, mode="lora", lr=LR_LORA, steps=T)
+        after = dynamics.run(smol, CONTEXT, mode="lora", lr=LR_LORA, steps=T, observables="all")
         assert_same_run(after, base["lora"])
         assert zoo.state_sha256(smol.model) == smol_sha
         assert not smol.model.training
@@ -244,7 +244,7 @@ def test_tiny_lora_targets_and_frozen_embeddings(tiny, arch):
     assert not model.get_input_embeddings().weight.requires_grad
     assert not model.get_output_embeddings().weight.requires_grad
 
-    traj = dynamics.run(loaded, TINY_CONTEXT, mode="lora", lr=TINY_LR, steps=T)
+    traj = dynamics.run(loaded, TINY_CONTEXT, mode="lora", lr=TINY_LR, steps=T, observables="all")
     assert traj.diverged_at is None and len(traj["loss"]) == T + 1
     assert traj["loss"][-1] < traj["loss"][0]
     assert np.array_equal(traj["embed_equal"], np.ones(T + 1))
@@ -256,7 +256,7 @@ def test_tiny_lora_targets_and_frozen_embeddings(tiny, arch):
 def test_tiny_full_changes_embedding_and_untied_head(tiny, arch):
     loaded = tiny[arch]
     sha = zoo.state_sha256(loaded.model)
-    traj = dynamics.run(loaded, TINY_CONTEXT, mode="full", lr=TINY_LR, steps=T)
+    traj = dynamics.run(loaded, TINY_CONTEXT, mode="full", lr=TINY_LR, steps=T, observables="all")
     assert traj.diverged_at is None and len(traj["loss"]) == T + 1
     assert traj["loss"][-1] < traj["loss"][0]
     assert np.array_equal(traj["embed_equal"], [1.0] + [0.0] * T)
@@ -329,7 +329,7 @@ def test_divergence_nan_weight(tiny, monkeypatch, at):
         return opt
 
     monkeypatch.setattr(dynamics, "optimizer", poisoned)
-    traj = dynamics.run(loaded, TINY_CONTEXT, mode="full", lr=1e-3, steps=T)
+    traj = dynamics.run(loaded, TINY_CONTEXT, mode="full", lr=1e-3, steps=T, observables="all")
     assert traj.diverged_at == at and isinstance(traj.diverged_at, int)
     for name in SERIES:
         assert len(traj[name]) == at

@@ -1,0 +1,100 @@
+"""Observables by need (dynamics.run(observables=…)): what "claims" records, and the store key.
+
+On tiny local models: a ``"claims"`` run records the cheap series at every step with the same
+bits as an ``"all"`` run, the O(V·d²) series at t = 0 only, the embedding check at every step
+of a LoRA run only, and NaN (never a number) for what it does not record; ``meta`` says what
+was recorded. In the run store the observable set is part of the key, and an ``"all"`` entry
+serves a ``"claims"`` request.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models
+from phantom import dynamics, runs, zoo
+from phantom.store import RunStore
+from phantom.trajectory import SERIES
+
+CHEAP = [k for k in SERIES if k not in dynamics.HEAVY + dynamics.EMBEDDING]
+T = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tiny_models.build_tiny("llama", tmp_path_factory.mktemp("obs") / "tiny")
+    return str(path), zoo.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny):
+    _, loaded = tiny
+    return {obs: {mode: dynamics.run(loaded, "longing", mode=mode, lr=1e-2 if mode == "full" else 1e-1,
+                                     steps=T, observables=obs)
+                  for mode in dynamics.MODES} for obs in dynamics.OBSERVABLES}
+
+
+@pytest.mark.parametrize("mode", dynamics.MODES)
+def test_claims_records_the_cheap_series_bit_for_bit(pairs, mode):
+    a, c = pairs["all"][mode], pairs["claims"][mode]
+    for k in CHEAP:
+        assert c[k].tobytes() == a[k].tobytes(), k
+
+
+@pytest.mark.parametrize("mode", dynamics.MODES)
+def test_heavy_series_at_step_zero_only(pairs, mode):
+    a, c = pairs["all"][mode], pairs["claims"][mode]
+    for k in dynamics.HEAVY:
+        assert c[k][0] == a[k][0] and np.isfinite(a[k]).all(), k
+        assert np.isnan(c[k][1:]).all(), k
+    assert c.meta["recorded"]["purity"] == "t = 0" and a.meta["recorded"]["purity"] == "every step"
+    assert (c.meta["observables"], a.meta["observables"]) == ("claims", "all")
+
+
+def test_embedding_check_every_lora_step_and_only_on_request_under_full_ft(pairs):
+    lora, full = pairs["claims"]["lora"], pairs["claims"]["full"]
+    assert np.array_equal(lora["embed_equal"], np.ones(T + 1)) and np.array_equal(lora["max_de"], np.zeros(T + 1))
+    assert lora.meta["recorded"]["embed_equal"] == "every step"
+    assert all(np.isnan(full[k]).all() for k in dynamics.EMBEDDING)
+    assert full.meta["recorded"]["embed_equal"] == "never"
+    assert pairs["all"]["full"]["embed_equal"][1:].sum() == 0          # full FT moves the embedding
+
+
+def test_unknown_observables_are_refused_by_name(tiny):
+    with pytest.raises(ValueError, match="observables must be one of"):
+        dynamics.run(tiny[1], "longing", mode="lora", lr=1e-3, steps=1, observables="some")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int8])
+def test_bitwise_equal_sees_one_flipped_bit_and_signed_zeros(dtype):
+    a = torch.zeros(7, 5, dtype=dtype) if dtype == torch.int8 else torch.randn(7, 5, dtype=dtype)
+    assert dynamics._bitwise_equal(a, a.clone())
+    b = a.clone()
+    b.view(torch.uint8).view(-1)[-1] ^= 1
+    assert not dynamics._bitwise_equal(a, b)
+    if dtype.is_floating_point:
+        z = torch.zeros(3, dtype=dtype)
+        assert torch.equal(z, -z) and not dynamics._bitwise_equal(z, -z)
+    assert not dynamics._bitwise_equal(a, a[:6]) and not dynamics._bitwise_equal(a, a.to(torch.int16))
+
+
+def test_store_keys_the_observable_set_and_all_serves_claims(tiny, tmp_path):
+    name, loaded = tiny
+    store = RunStore(tmp_path / "runs")
+    calls = []
+
+    def loader(model):
+        calls.append(model)
+        return loaded
+
+    args = dict(mode="full", lr=1e-2, steps=T, store=store, loader=loader)
+    full = runs.trajectory(name, "longing", observables="all", **args)
+    computed = len(store.computed)
+    served = runs.trajectory(name, "longing", observables="claims", **args)
+    assert len(store.computed) == computed                       # served by the "all" entry
+    assert served.meta["observables"] == "all" and served["phi"].tobytes() == full["phi"].tobytes()
+    other = RunStore(tmp_path / "other")
+    narrow = runs.trajectory(name, "longing", observables="claims", **{**args, "store": other})
+    assert narrow.meta["observables"] == "claims" and math.isnan(narrow["purity"][1])
+    assert {k for k, _ in other.computed} == {"orientation", "trajectory"}
