@@ -50,4 +50,4 @@ def test_pair_overlap_of_parallel_rows_is_a_cosine():
         psi = torch.stack([v, v, torch.randn(576, dtype=torch.float64, generator=gen)])
         g_gc = geometry.pair_overlap(psi, 0, 1)
         assert 1.0 - 1e-15 <= g_gc <= 1.0
-        assert geometry.burial_depth(0.1, g_gc) == math.inf
+        assert geometry.burial_depth(0.1, g_gc) > 1e6   # unresolved (B > 1), not an error
