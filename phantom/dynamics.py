@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ LORA_TARGETS = {                          # the attention query and value projec
     "mistral": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",),
 }
 STOPS = ("never", "saturated", "born_flip")
+SEED_LIMIT = 2 ** 64   # torch.manual_seed takes seeds below 2**64
 SATURATION_EPS = 1e-4   # stop="saturated": after both flips, once p_g ≥ 1 − ε (Φ then moves ≤ ~3ε more)
 
 
@@ -41,16 +43,34 @@ def lora_targets(model_type: str) -> tuple[str, ...]:
                          f"known: {', '.join(sorted(LORA_TARGETS))}") from None
 
 
-def validate(mode: str, lr: float, steps: int, stop: str = "never") -> None:
-    """Reject a bad run argument with an error naming it (SPEC §4)."""
+def _real(x) -> bool:
+    """A real number (numpy scalars included), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _integer(x) -> bool:
+    """An integer (numpy integers included), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def validate(mode: str, lr: float, steps: int, stop: str = "never", seed: int = SEED) -> tuple[float, int, int]:
+    """Reject a bad run argument with an error naming it (SPEC §4).
+
+    Returns
+    -------
+    (lr, steps, seed) as plain ``float``, ``int``, ``int`` (numpy scalars are accepted).
+    """
     if stop not in STOPS:
         raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (_real(lr) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(steps, int) and steps >= 1):
+    if not (_integer(steps) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (_integer(seed) and 0 <= seed < SEED_LIMIT):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return float(lr), int(steps), int(seed)
 
 
 def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
@@ -191,9 +211,11 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
     -------
     Trajectory
         Series of length T + 1, or ``diverged_at`` when a state became non-finite (NaN/inf
-        loss or logits), in which case the series stop just before that step.
+        loss, logits or input embedding), in which case the series stop just before that step:
+        under full fine-tuning as under LoRA, at any learning rate, a divergence is recorded,
+        never raised.
     """
-    validate(mode, lr, steps, stop)
+    lr, steps, seed = validate(mode, lr, steps, stop, seed)
     context = ctx.get(context) if isinstance(context, str) else context
     pair = pair or ctx.orient(context, loaded)
     model = prepare(loaded, mode, seed, device)
@@ -209,8 +231,8 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
             with torch.set_grad_enabled(t < steps):
                 z = model(ids, logits_to_keep=1).logits[0, -1]     # (V,) the training forward
                 loss = F.cross_entropy(z[None].float(), target)
-            if not (torch.isfinite(loss) and torch.isfinite(z).all()):
-                diverged_at = t
+            if not (torch.isfinite(loss) and torch.isfinite(z).all() and torch.isfinite(probe.E).all()):
+                diverged_at = t                                  # Ψ is E's rows: finite under LoRA
                 break
             with torch.no_grad():
                 rows.append(probe.record(z.detach(), hook.h, float(loss)))

@@ -140,10 +140,28 @@ def orientation(model: str, context: contexts.Context | str, *, store: RunStore 
             return {"unusable": str(err)}
 
     payload = (store or RunStore()).get_or_compute(
-        key("orientation", model, context=_context_fields(context)), compute)
+        key("orientation", model, context=_context_fields(context)), compute, _pair_or_unusable)
     if "unusable" in payload:
         raise contexts.ContextUnusable(payload["unusable"])
     return contexts.Pair(**payload)
+
+
+def _pair_or_unusable(payload: dict) -> None:
+    """Store validator of an orientation entry: a :class:`~phantom.contexts.Pair` or ``{"unusable": why}``."""
+    if set(payload) != {"unusable"}:
+        contexts.Pair(**payload)   # TypeError on a missing or unknown field
+
+
+def _trajectory_check(**expected) -> Callable[[dict], None]:
+    """Store validator of a trajectory entry: a valid record (:meth:`Trajectory.from_dict`) of this run."""
+
+    def check(payload: dict) -> None:
+        meta = Trajectory.from_dict(payload).meta
+        wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+        if wrong:
+            raise ValueError(f"meta {wrong} does not match the run {expected}")
+
+    return check
 
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
@@ -159,7 +177,7 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     mode, lr, steps, seed, stop
         As :func:`phantom.dynamics.run`.
     """
-    dynamics.validate(mode, lr, steps, stop)   # before any model is loaded
+    lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
     store = store or RunStore()
     pair = orientation(model, context, store=store, loader=loader)
@@ -175,7 +193,8 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
                                 stop=stop)
         return traj.to_dict()
 
-    return Trajectory.from_dict(store.get_or_compute(k, compute))
+    check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
+    return Trajectory.from_dict(store.get_or_compute(k, compute, check))
 
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,
