@@ -188,7 +188,8 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     def compute() -> dict:
         loaded = loader(model)
         heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
-        with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
+        with exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
+                            f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") if heavy else nullcontext():
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
                                 stop=stop)
         return traj.to_dict()
