@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from typing import Iterator
 
 STALE_S = 3600.0      # a temporary file or build folder untouched this long belongs to a killed process
+TMP_PATTERN = ".*.phantom-*.tmp"   # write_atomic's temporary files (no one else's hidden .tmp files)
 LOCK_NOTICE_S = 5.0   # a process blocked this long on a lock says on stderr what it waits for
 
 
@@ -73,7 +74,7 @@ def sweep_stale(folder: pathlib.Path, pattern: str, *, older_than: float = STALE
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or all of it.
 
-    The data go to a temporary file ``.<name>.*.tmp`` in the same directory, are flushed and
+    The data go to a temporary file ``.<name>.phantom-*.tmp`` in the same directory, are flushed and
     fsynced, then renamed over ``path`` (mode 0644); the temporary file is removed if anything
     fails, and stale ones a killed process left there (older than :data:`STALE_S`) are swept.
     Every file phantom writes goes through here.
@@ -85,9 +86,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(path.parent, ".*.tmp")
+    sweep_stale(path.parent, TMP_PATTERN)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+    tmp = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.phantom-", suffix=".tmp",
                                       delete=False)
     try:
         with tmp:

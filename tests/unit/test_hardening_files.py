@@ -185,13 +185,16 @@ def test_blocked_process_says_once_what_it_waits_for(tmp_path, monkeypatch, caps
 # ---------------------------------------------------------------- stale leftovers are swept
 
 def test_stale_temp_files_are_swept_by_the_next_write(tmp_path):
-    stale, fresh = tmp_path / ".x.json.abc.tmp", tmp_path / ".x.json.def.tmp"
-    for path in (stale, fresh):
+    stale, fresh = tmp_path / ".x.json.phantom-abc.tmp", tmp_path / ".x.json.phantom-def.tmp"
+    foreign = tmp_path / ".notes.tmp"           # an old hidden .tmp file that is not phantom's
+    for path in (stale, fresh, foreign):
         path.write_text("partial")
     os.utime(stale, (OLD, OLD))
+    os.utime(foreign, (OLD, OLD))
     files.write_atomic(tmp_path / "x.json", "{}")
     assert not stale.exists()
     assert fresh.exists()                       # may belong to a live writer
+    assert foreign.exists()
     assert (tmp_path / "x.json").read_text() == "{}"
 
 
