@@ -458,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             files.UnusablePath) as err:
         _error(str(err))
         return 1
+    except OSError as err:   # any other file-system fault (disk full, I/O error): one line too
+        _error(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
+        return 1
     except KeyboardInterrupt:
         _error("interrupted")
         return 130

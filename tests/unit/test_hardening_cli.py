@@ -167,3 +167,13 @@ def test_fuzz_run_options(opts, no_store):
 def test_fuzz_laws_options(opts):
     check_fuzzed("laws", opts, False)
 
+
+
+def test_any_other_file_system_fault_is_one_line(tmp_path, monkeypatch):
+    def disk_full(model):
+        raise OSError(28, "No space left on device", str(tmp_path / "cache" / "x"))
+
+    monkeypatch.setattr(runs, "weights_sha256", disk_full)
+    code, errors, _ = run_cli(run_argv(out=tmp_path / "out"))
+    assert code == 1
+    assert errors == [f"phantom: error: No space left on device: {tmp_path / 'cache' / 'x'}"]
