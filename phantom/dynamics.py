@@ -231,8 +231,9 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
             with torch.set_grad_enabled(t < steps):
                 z = model(ids, logits_to_keep=1).logits[0, -1]     # (V,) the training forward
                 loss = F.cross_entropy(z[None].float(), target)
-            if not (torch.isfinite(loss) and torch.isfinite(z).all() and torch.isfinite(probe.E).all()):
-                diverged_at = t                                  # Ψ is E's rows: finite under LoRA
+            finite_psi = probe.psi is not None or torch.isfinite(probe.E).all()   # LoRA: Ψ fixed
+            if not (torch.isfinite(loss) and torch.isfinite(z).all() and finite_psi):
+                diverged_at = t
                 break
             with torch.no_grad():
                 rows.append(probe.record(z.detach(), hook.h, float(loss)))
