@@ -5,12 +5,16 @@ function adding its options and a handler ``handler(args) -> int``); adding one 
 matter of writing those two functions and one entry.
 
 Errors a user can cause (unknown model or context, bad numbers, an unusable context, a
-missing weight package) end the program with one line ``phantom: error: …`` on stderr:
-exit status 2 for command-line usage errors, 1 for the others.
+missing weight package, a model that cannot load, an unusable run store, model cache or
+output directory) end the program with one line ``phantom: error: …`` on stderr: exit status 2
+for command-line usage errors, 1 for the others. Every directory a command writes to is
+checked before any model is loaded or fine-tuned. Warnings (a run that could not be stored,
+a corrupt entry being recomputed) are one line ``phantom: warning: …``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,6 +22,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +59,11 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
 
 
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: one line ``phantom: warning: …``."""
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
 # --- argument types -------------------------------------------------------------------
 
 def _positive_float(text: str) -> float:
@@ -76,14 +86,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    if not 0 <= value < dynamics.SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2**64) (a torch seed), got {text!r}")
     return value
+
+
+def _out_dir(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the output directory must not be empty")
+    return Path(text)
+
+
+def _models(text: str) -> tuple[str, ...]:
+    try:
+        return campaign.parse_models(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def check_out(out: Path) -> None:
+    """Create the output directory now, before any fine-tuning, proving it writable."""
+    try:
+        files.ensure_dir(out, "output directory (--out)")
+    except files.UnusablePath as err:
+        raise CliError(str(err)) from None
 
 
 # --- progress -------------------------------------------------------------------------
@@ -211,8 +242,8 @@ def write_json_atomic(path: Path, obj) -> None:
 def check_device(device: str, no_store: bool) -> None:
     import torch
     try:
-        torch.empty(0, device=torch.device(device))
-    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, …
+        torch.ones(1, device=torch.device(device)).cpu()   # a device that holds data ("meta" does not)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError, …
         raise CliError(f"device {device!r} is not usable: {err}") from None
     if torch.device(device).type != "cpu" and not no_store:
         raise CliError(f"--device {device} needs --no-store: the run store holds CPU runs only")
@@ -230,9 +261,9 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                    help="constant AdamW learning rate, a positive finite number (required)")
     p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
                    help="number of updates T, at least 1 (default: %(default)s)")
-    p.add_argument("--seed", type=_non_negative_int, default=SEED,
-                   help="torch seed (default: %(default)s)")
-    p.add_argument("--out", default="out", metavar="DIR",
+    p.add_argument("--seed", type=_seed, default=SEED,
+                   help="torch seed, in [0, 2**64) (default: %(default)s)")
+    p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
                    help="directory for the JSON and PNG outputs (default: ./%(default)s)")
     p.add_argument("--no-store", action="store_true",
                    help="fine-tune directly instead of reading/writing the shared run store "
@@ -254,6 +285,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     context = contexts.get(args.context)
     check_device(args.device, args.no_store)
     zoo.check_name(args.model)
+    if args.model in zoo.OFFLINE:
+        zoo.check_cache()
+    if not args.no_store:
+        store.RunStore().check()
+    check_out(args.out)
     what = f"fine-tuning {args.steps} steps ({args.mode}, lr={args.lr:g}, seed={args.seed})"
     if args.no_store:
         loaded = _Loader(clock, always=True)(args.model)
@@ -285,7 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(traj, analysis))
     print(f"{'source':<12}{source}")
 
-    out = Path(args.out)
+    out = args.out
     stem = output_stem(args.model, context.id, args.mode, args.lr, args.steps, args.seed)
     json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
     try:
@@ -303,11 +339,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- `laws` ---------------------------------------------------------------------------
 
 def configure_laws(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=",".join(campaign.ZOOS["offline"]),
+    p.add_argument("--models", type=_models, default=",".join(campaign.ZOOS["offline"]),
                    help="comma-separated zoo names, hub ids or local dirs (default: %(default)s)")
     p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
                    help="which runs each model gets, as in the claim suite (default: %(default)s)")
-    p.add_argument("--out", default="out", metavar="DIR",
+    p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
                    help="directory for laws.json and the PNG plots (default: ./%(default)s)")
 
 
@@ -319,9 +355,13 @@ def cmd_laws(args: argparse.Namespace) -> int:
     from . import plots
 
     clock = _Clock()
-    models = campaign.parse_models(args.models)
+    models = args.models
     for m in models:
         zoo.check_name(m)
+    if any(m in zoo.OFFLINE for m in models):
+        zoo.check_cache()
+    store.RunStore().check()
+    check_out(args.out)
     campaigns = [campaign.Campaign.for_budget(m, args.budget) for m in models]
     clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
     rows = campaign.laws_table(campaigns)
@@ -335,7 +375,7 @@ def cmd_laws(args: argparse.Namespace) -> int:
         print(f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_fmt(r.eta_sat, '.3g'):>10}"
               f"{_fmt(r.h_ft, '.3g'):>8}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
               f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}")
-    out = Path(args.out)
+    out = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "laws.json", [dataclasses.asdict(r) for r in rows])
@@ -415,11 +455,25 @@ def main(argv: list[str] | None = None) -> int:
             and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # Φ, γ, Δz on a non-UTF-8 terminal
     args = build_parser().parse_args(argv)
+    out = getattr(args, "out", None)
+    fresh_out = out is not None and not out.exists()
+    status = 1
     try:
-        return args.handler(args)
-    except (CliError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning
+            status = args.handler(args)
+            return status
+    except (CliError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable, ValueError,
+            files.UnusablePath) as err:
         _error(str(err))
+        return 1
+    except OSError as err:   # any other file-system fault (disk full, I/O error): one line too
+        _error(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         return 1
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    finally:
+        if fresh_out and status != 0:     # a failed command leaves no empty --out behind
+            with contextlib.suppress(OSError):
+                out.rmdir()

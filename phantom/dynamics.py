@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ LORA_TARGETS = {                          # the attention query and value projec
     "mistral": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "gpt_neox": ("query_key_value",),
 }
 STOPS = ("never", "saturated", "born_flip")
+SEED_LIMIT = 2 ** 64   # torch.manual_seed takes seeds below 2**64
 SATURATION_EPS = 1e-4   # stop="saturated": after both flips, once p_g ≥ 1 − ε (Φ then moves ≤ ~3ε more)
 
 
@@ -41,18 +43,37 @@ def lora_targets(model_type: str) -> tuple[str, ...]:
                          f"known: {', '.join(sorted(LORA_TARGETS))}") from None
 
 
-def validate(mode: str, lr: float, steps: int, stop: str = "never", observables: str = "claims") -> None:
-    """Reject a bad run argument with an error naming it (SPEC §4)."""
+def _real(x) -> bool:
+    """A real number (numpy scalars included), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _integer(x) -> bool:
+    """An integer (numpy integers included), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def validate(mode: str, lr: float, steps: int, stop: str = "never", seed: int = SEED,
+             observables: str = "claims") -> tuple[float, int, int]:
+    """Reject a bad run argument with an error naming it (SPEC §4).
+
+    Returns
+    -------
+    (lr, steps, seed) as plain ``float``, ``int``, ``int`` (numpy scalars are accepted).
+    """
     if observables not in OBSERVABLES:
         raise ValueError(f"observables must be one of {OBSERVABLES}, got {observables!r}")
     if stop not in STOPS:
         raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if not (_real(lr) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(steps, int) and steps >= 1):
+    if not (_integer(steps) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (_integer(seed) and 0 <= seed < SEED_LIMIT):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return float(lr), int(steps), int(seed)
 
 
 def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
@@ -113,6 +134,7 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(x, y)
 
 
+FINITE = ("phi", "signal", "drag", "a_g", "a_c", "g_gc")   # NaN here: the embedding diverged
 HEAVY = ("purity", "pr", "xi", "burial")   # O(V·d²) per step: recorded at t = 0 unless observables="all"
 EMBEDDING = ("max_de", "embed_equal", "head_equal")
 OBSERVABLES = ("claims", "all")
@@ -160,6 +182,8 @@ class _Probe:
             "a_c": float(psi[c].to(torch.float64) @ h.to(torch.float64)),
             "g_gc": g_gc, **dict.fromkeys(HEAVY + EMBEDDING, math.nan),
         }
+        if not all(math.isfinite(row[k]) for k in FINITE):
+            return row                      # a diverged state: nothing more to measure in it
         wanted = self.recorded(t)
         if "purity" in wanted:
             gamma = geometry.purity(p, psi)
@@ -239,9 +263,11 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
     -------
     Trajectory
         Series of length T + 1, or ``diverged_at`` when a state became non-finite (NaN/inf
-        loss or logits), in which case the series stop just before that step.
+        loss, logits or input embedding), in which case the series stop just before that step:
+        under full fine-tuning as under LoRA, at any learning rate, a divergence is recorded,
+        never raised.
     """
-    validate(mode, lr, steps, stop, observables)
+    lr, steps, seed = validate(mode, lr, steps, stop, seed, observables)
     context = ctx.get(context) if isinstance(context, str) else context
     pair = pair or ctx.orient(context, loaded)
     model = prepare(loaded, mode, seed, device)
@@ -261,7 +287,11 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
                 diverged_at = t
                 break
             with torch.no_grad():
-                rows.append(probe.record(z.detach(), hook.h, float(loss), t))
+                row = probe.record(z.detach(), hook.h, float(loss), t)
+            if not all(math.isfinite(row[k]) for k in FINITE):   # a non-finite embedding row
+                diverged_at = t                                   # reaches Φ and D through G
+                break
+            rows.append(row)
             if t < steps and _should_stop(stop, rows):
                 stopped_at = t
                 break

@@ -4,7 +4,8 @@ Notation: ``Ψ`` (V, d) holds the unit-normalised token embeddings ``ψ_i = E_i/
 ``G_ij = ψ_i·ψ_j``; ``p`` (V,) is the next-token distribution. Nothing here ever builds
 the V×V overlap matrix: every quantity is either a (V, 2) product against the pair's
 rows or a (d, d) Gram matrix. Sums are accumulated in float64; the O(V·d²) products run
-in the embedding's own dtype (float32 for models) in row chunks.
+in the embedding's own dtype (float32 for models) in row chunks, except where a bound must
+hold exactly (purity near 1, see :func:`purity`).
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import torch
 from .protocol import BULK_PAIRS, BULK_SEED, CLASS_A_BAND, CLASS_B_BAND
 
 _CHUNK = 65_536  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
-
-
+_HEAVY = 1e-3    # purity: tokens with p_i at least this get float64 rows
 
 class BornGap(NamedTuple):
     """Φ = b_g − b_c and its exact split Φ = S + D (SPEC §2)."""
@@ -73,8 +73,12 @@ def _pair_gram(psi: torch.Tensor, g: int, c: int) -> torch.Tensor:
 
 
 def pair_overlap(psi, g: int, c: int) -> float:
-    """``G_gc`` in float64, the same value :func:`born_gap` uses in ``S`` (SPEC §2 G_max)."""
-    return float(_pair_gram(_matrix(psi), g, c)[0, 1])
+    """``G_gc`` in float64, the same value :func:`born_gap` uses in ``S`` (SPEC §2 G_max).
+
+    A cosine of two float64-renormalised rows: clipped to [-1, 1] (Cauchy–Schwarz), which
+    rounding can exceed by an ulp when the rows are parallel (collapsed embeddings).
+    """
+    return min(1.0, max(-1.0, float(_pair_gram(_matrix(psi), g, c)[0, 1])))
 
 
 def born_gap(p, psi, g: int, c: int) -> BornGap:
@@ -116,33 +120,79 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
     return BornGap(phi, signal, drag)
 
 
-def _gram_sq_norm(A: torch.Tensor, weights: torch.Tensor | None = None, blocks: int = 4) -> float:
-    """``‖BᵀB‖_F²`` for ``B = diag(weights) A`` (A: (V, d)), never holding more than B's row chunk.
+def _gram_blocks(A: torch.Tensor, weights: torch.Tensor | None = None, *, dtype: torch.dtype | None = None,
+                 unit: bool = False, blocks: int = 4, acc: list | None = None) -> list:
+    """Upper column blocks of ``BᵀB`` for ``B = diag(weights) A`` (A: (V, d)), in float64.
 
-    The Gram is symmetric, so only its upper column blocks are computed (``(b+1)/2b`` of the
-    work, strided views); rows are weighted chunk by chunk and every block accumulates in
-    float64.
+    The Gram is symmetric, so only its upper blocks are computed (``(b+1)/2b`` of the work,
+    strided views), never holding more than one row chunk of B: rows are cast to ``dtype``
+    (default: A's), renormalised to unit length there if ``unit``, weighted, multiplied in
+    ``dtype`` and accumulated in float64 — into ``acc`` (a previous result) if given.
+    Returns ``[((s0, s1), (t0, t1), block), …]``.
     """
-    edges = torch.linspace(0, A.shape[1], blocks + 1).long().tolist()
-    spans = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-    pairs = [(s, t) for i, s in enumerate(spans) for t in spans[i:]]
-    acc = [torch.zeros(s[1] - s[0], t[1] - t[0], dtype=torch.float64, device=A.device) for s, t in pairs]
-    for start in range(0, A.shape[0], _CHUNK):
-        rows = A[start:start + _CHUNK]                                     # (chunk, d)
+    dtype = dtype or A.dtype
+    if acc is None:
+        edges = torch.linspace(0, A.shape[1], blocks + 1).long().tolist()
+        spans = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+        acc = [(s, t, torch.zeros(s[1] - s[0], t[1] - t[0], dtype=torch.float64, device=A.device))
+               for i, s in enumerate(spans) for t in spans[i:]]
+    chunk = _CHUNK if dtype.itemsize <= 4 else _CHUNK // 4          # float64: half the bytes per chunk
+    for start in range(0, A.shape[0], chunk):
+        rows = A[start:start + chunk].to(dtype)                            # (chunk, d)
+        if unit:
+            rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         if weights is not None:
-            rows = rows * weights[start:start + _CHUNK, None]
-        for (s, t), block in zip(pairs, acc):
+            rows = rows * weights[start:start + chunk, None].to(dtype)
+        for s, t, block in acc:
             block += (rows[:, s[0]:s[1]].T @ rows[:, t[0]:t[1]]).to(torch.float64)
-    return sum((1.0 if s == t else 2.0) * float((block ** 2).sum()) for (s, t), block in zip(pairs, acc))
+    return acc
+
+
+def _sq_norm(acc: list) -> float:
+    """``‖BᵀB‖_F²`` from its upper blocks (:func:`_gram_blocks`)."""
+    return sum((1.0 if s == t else 2.0) * float((block ** 2).sum()) for s, t, block in acc)
+
+
+def _gram_sq_norm(A: torch.Tensor, weights: torch.Tensor | None = None, **kwargs) -> float:
+    """``‖BᵀB‖_F²`` for ``B = diag(weights) A`` (keyword arguments as :func:`_gram_blocks`)."""
+    return _sq_norm(_gram_blocks(A, weights, **kwargs))
+
+
+def _rounding_bound(dtype: torch.dtype, vocab: int, dim: int) -> float:
+    """Worst-case ``|γ̃ − γ|`` of :func:`purity` per unit of probability mass multiplied in ``dtype``.
+
+    Each (d, d) entry of ρ is a sum of at most ``K`` (rows per chunk) products per chunk:
+    Higham's bound ``|fl(BᵀB) − BᵀB| ≤ γ_K |B|ᵀ|B|``, ``γ_K ≈ K·u``, gives ``‖δρ‖_F ≤ γ_K·m``
+    for rows of mass ``m``; rows unit only to ``(d + 2)·u`` add ``2(d + 2)·u·m``; and
+    ``|γ̃ − γ| ≤ 2‖δρ‖ + ‖δρ‖² < 3‖δρ‖`` since ``‖ρ‖_F ≤ tr ρ ≤ 1``.
+    """
+    return 3.0 * (min(vocab, _CHUNK) + 2 * (dim + 2)) * torch.finfo(dtype).eps / 2
 
 
 def purity(p, psi) -> float | torch.Tensor:
-    """Purity ``γ = Tr ρ² = ‖Ψᵀ diag(p) Ψ‖_F²`` (SPEC §2), via the (d, d) matrix ρ."""
+    """Purity ``γ = Tr ρ² = ‖Ψᵀ diag(p) Ψ‖_F²`` (SPEC §2), via the (d, d) matrix ρ.
+
+    ``γ ≤ (tr ρ)² = 1`` must follow from the arithmetic, but float32 unit rows have
+    ``‖ψ‖⁴ − 1`` up to ~7e-7, so a distribution collapsed on one token would give γ > 1.
+    The rows of the few tokens with ``p_i ≥ 1e-3`` are therefore renormalised and multiplied
+    in float64, the light rest in Ψ's dtype (fast). Only if γ still exceeds 1 by more than
+    float64's rounding bound (:func:`_rounding_bound`, ~2e-11 at Gemma-3's size) — a spread
+    distribution over collapsed, nearly parallel rows — is all of ρ recomputed in float64
+    (~3× slower). Either way the result is at most ``1 + _rounding_bound(float64, V, d)``.
+    """
     psi = _matrix(psi)
     p = _distribution(p, psi.shape[0])
     if p.ndim == 2:
         return torch.tensor([purity(row, psi) for row in p], dtype=torch.float64)
-    return _gram_sq_norm(psi, p.sqrt().to(psi.dtype))   # rows √p_i ψ_i: BᵀB = ρ
+    w = p.sqrt()                                                   # rows √p_i ψ_i: BᵀB = ρ
+    heavy = torch.nonzero(p >= _HEAVY).flatten()                   # at most 1/_HEAVY rows
+    light = w.to(psi.dtype, copy=True)
+    light[heavy] = 0.0
+    acc = _gram_blocks(psi, light)
+    gamma = _sq_norm(_gram_blocks(psi[heavy], w[heavy], dtype=torch.float64, unit=True, acc=acc))
+    if gamma > 1.0 + _rounding_bound(torch.float64, *psi.shape):
+        gamma = _gram_sq_norm(psi, w, dtype=torch.float64, unit=True)
+    return gamma
 
 
 def participation_ratio(p, psi) -> float | torch.Tensor:

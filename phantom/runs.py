@@ -140,10 +140,28 @@ def orientation(model: str, context: contexts.Context | str, *, store: RunStore 
             return {"unusable": str(err)}
 
     payload = (store or RunStore()).get_or_compute(
-        key("orientation", model, context=_context_fields(context)), compute)
+        key("orientation", model, context=_context_fields(context)), compute, _pair_or_unusable)
     if "unusable" in payload:
         raise contexts.ContextUnusable(payload["unusable"])
     return contexts.Pair(**payload)
+
+
+def _pair_or_unusable(payload: dict) -> None:
+    """Store validator of an orientation entry: a :class:`~phantom.contexts.Pair` or ``{"unusable": why}``."""
+    if set(payload) != {"unusable"}:
+        contexts.Pair(**payload)   # TypeError on a missing or unknown field
+
+
+def _trajectory_check(**expected) -> Callable[[dict], None]:
+    """Store validator of a trajectory entry: a valid record (:meth:`Trajectory.from_dict`) of this run."""
+
+    def check(payload: dict) -> None:
+        meta = Trajectory.from_dict(payload).meta
+        wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+        if wrong:
+            raise ValueError(f"meta {wrong} does not match the run {expected}")
+
+    return check
 
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
@@ -162,7 +180,7 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     mode, lr, steps, seed, stop, observables
         As :func:`phantom.dynamics.run`.
     """
-    dynamics.validate(mode, lr, steps, stop, observables)   # before any model is loaded
+    lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed, observables)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
     store = store or RunStore()
     pair = orientation(model, context, store=store, loader=loader)
@@ -172,18 +190,20 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
                    mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop, observables=obs,
                    protocol_version=dynamics.PROTOCOL_VERSION)
 
-    if observables != "all" and (wider := store.get(run_key("all"))) is not None:
+    check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
+    if observables != "all" and (wider := store.get(run_key("all"), check)) is not None:
         return Trajectory.from_dict(wider)
 
     def compute() -> dict:
         loaded = loader(model)
         heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
-        with exclusive_lock(store.root / ".heavy-full-ft.lock") if heavy else nullcontext():
+        with exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
+                            f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") if heavy else nullcontext():
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
                                 stop=stop, observables=observables)
         return traj.to_dict()
 
-    return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute))
+    return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute, check))
 
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,

@@ -32,8 +32,12 @@ Guarantees
 * Entries are written atomically (temporary file in the same directory, fsync,
   ``os.replace``): a reader never sees a half-written entry.
 * Every read is verified; a corrupt entry (unparsable, wrong format, hash
-  mismatch, another key's record) raises a :class:`StoreWarning` and is
-  recomputed.
+  mismatch, another key's record, or a payload the caller's ``validate``
+  rejects) raises a :class:`StoreWarning` and is recomputed.
+* A computed result is never lost: if its entry cannot be written (say the
+  entry path is a directory), a :class:`StoreWarning` says so and the result
+  is returned uncached. An unusable store directory or lock file raises
+  :class:`phantom.files.UnusablePath` naming it, before anything is computed.
 * :meth:`RunStore.get_or_compute` computes each key at most once across
   processes: a verified entry is returned without locking, otherwise the key's
   lock file is taken with ``fcntl.flock`` and the entry re-checked before
@@ -54,7 +58,7 @@ import warnings
 from contextlib import suppress
 from typing import Any, Callable
 
-from .files import exclusive_lock, write_atomic
+from .files import ensure_dir, exclusive_lock, write_atomic
 
 FORMAT = 1
 """Version of the entry file format written and accepted by :class:`RunStore`."""
@@ -63,7 +67,10 @@ _RECORD_FIELDS = ("format", "key", "key_sha256", "payload", "payload_sha256", "p
 
 
 class StoreWarning(UserWarning):
-    """A corrupt run-store entry was found; it is ignored and recomputed."""
+    """A corrupt run-store entry was found and is recomputed, or a result could not be stored."""
+
+Validator = Callable[[Any], Any]
+"""``validate(payload)``: raises ValueError, TypeError or KeyError when a verified payload is unusable."""
 
 
 class _Corrupt(Exception):
@@ -168,8 +175,8 @@ def _verify(record: Any, expected_hash: str) -> dict:
     return record
 
 
-def _load(path: pathlib.Path, expected_hash: str) -> dict | None:
-    """Read and verify the entry at ``path``.
+def _load(path: pathlib.Path, expected_hash: str, validate: Validator | None = None) -> dict | None:
+    """Read and verify the entry at ``path`` (and its payload with ``validate``, if given).
 
     Returns
     -------
@@ -191,7 +198,13 @@ def _load(path: pathlib.Path, expected_hash: str) -> dict | None:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _Corrupt(f"invalid JSON ({exc})") from exc
-    return _verify(record, expected_hash)
+    record = _verify(record, expected_hash)
+    if validate is not None:
+        try:
+            validate(record["payload"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise _Corrupt(f"invalid payload ({type(exc).__name__}: {exc})") from exc
+    return record
 
 
 def _warn_corrupt(path: pathlib.Path, reason: str) -> None:
@@ -234,6 +247,18 @@ class RunStore:
         # session reports them to tell a cold store (everything computed) from a warm one.
         self.requested: set[tuple[str, str]] = set()
         self.computed: set[tuple[str, str]] = set()
+        self._checked = False
+
+    def check(self) -> None:
+        """Create the store directory if needed and prove it writable.
+
+        Raises
+        ------
+        phantom.files.UnusablePath
+            Naming the directory and the reason (a file, ``/proc``, read-only, …).
+        """
+        ensure_dir(self.root, "run store")
+        self._checked = True
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -246,8 +271,12 @@ class RunStore:
         """File ``<root>/<h[:2]>/<h><suffix>``."""
         return self.root / h[:2] / f"{h}{suffix}"
 
-    def entry(self, key: dict) -> dict | None:
+    def entry(self, key: dict, validate: Validator | None = None) -> dict | None:
         """The whole verified record of ``key`` (key, payload, provenance).
+
+        ``validate(payload)``, if given, must raise ValueError, TypeError or KeyError on a
+        payload that verifies but is unusable (an entry rewritten with a fresh hash); such an
+        entry counts as corrupt.
 
         Returns
         -------
@@ -258,17 +287,17 @@ class RunStore:
         h = key_hash(key)
         path = self._path(h, ".json")
         try:
-            return _load(path, h)
+            return _load(path, h, validate)
         except _Corrupt as exc:
             _warn_corrupt(path, str(exc))
             return None
 
-    def get(self, key: dict) -> dict | None:
+    def get(self, key: dict, validate: Validator | None = None) -> dict | None:
         """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`)."""
-        record = self.entry(key)
+        record = self.entry(key, validate)
         return None if record is None else record["payload"]
 
-    def get_or_compute(self, key: dict, compute: Callable[[], dict]) -> dict:
+    def get_or_compute(self, key: dict, compute: Callable[[], dict], validate: Validator | None = None) -> dict:
         """Payload of ``key``, computing and storing it first if needed.
 
         A verified entry is returned without locking. Otherwise the key's lock is
@@ -282,6 +311,8 @@ class RunStore:
             JSON-able description of the computation.
         compute : callable
             Called with no arguments; returns a JSON-able dict payload.
+        validate : callable, optional
+            As in :meth:`entry`: a stored payload it rejects is recomputed.
 
         Returns
         -------
@@ -293,6 +324,8 @@ class RunStore:
         ------
         TypeError
             If ``key`` or the computed payload is not JSON-able.
+        phantom.files.UnusablePath
+            If the store directory or the key's lock file is unusable (checked before computing).
         Exception
             Whatever ``compute`` raises; nothing is written and the lock is released.
         """
@@ -300,12 +333,14 @@ class RunStore:
         self.requested.add((key.get("kind", ""), h))
         path = self._path(h, ".json")
         with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
-            record = _load(path, h)
+            record = _load(path, h, validate)
             if record is not None:
                 return record["payload"]
-        with exclusive_lock(self._path(h, ".lock")):
+        if not self._checked:
+            self.check()
+        with exclusive_lock(self._path(h, ".lock"), f"run-store entry {h[:12]}… ({key.get('kind', 'entry')})"):
             try:
-                record = _load(path, h)
+                record = _load(path, h, validate)
             except _Corrupt as exc:
                 _warn_corrupt(path, str(exc))
                 record = None
@@ -315,7 +350,10 @@ class RunStore:
 
     def _compute_and_write(self, key: dict, h: str, compute: Callable[[], dict],
                            path: pathlib.Path) -> dict:
-        """Run ``compute``, write the verified-format record to ``path`` and return it."""
+        """Run ``compute``, write the verified-format record to ``path`` and return it.
+
+        A record that cannot be written is returned all the same, with a :class:`StoreWarning`.
+        """
         start = time.perf_counter()
         payload = compute()
         wall_s = time.perf_counter() - start
@@ -330,6 +368,10 @@ class RunStore:
             "payload_sha256": _sha256(payload_text),
             "provenance": _provenance(wall_s),
         }
-        write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        try:
+            write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            warnings.warn(f"could not store run-store entry {path}: {exc.strerror or exc}; "
+                          f"the result is returned but not cached", StoreWarning, stacklevel=3)
         self.computed.add((key.get("kind", ""), h))
         return record

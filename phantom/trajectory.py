@@ -81,5 +81,33 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Trajectory":
-        return cls(series={k: np.asarray(v, dtype=np.float64) for k, v in d["series"].items()},
-                   meta=dict(d["meta"]))
+        """Inverse of :meth:`to_dict`, checking the record's schema.
+
+        Raises
+        ------
+        ValueError
+            Naming the defect: not a ``{"meta", "series"}`` record, a missing or non-numeric
+            series, series of unequal length or longer than ``steps + 1``, or a ``steps``,
+            ``g_max`` or ``diverged_at`` that is missing or out of range.
+        """
+        if not (isinstance(d, dict) and isinstance(d.get("meta"), dict) and isinstance(d.get("series"), dict)):
+            raise ValueError("a trajectory record is an object with a 'meta' and a 'series' object")
+        meta = dict(d["meta"])
+        steps, g_max, diverged_at = meta.get("steps"), meta.get("g_max"), meta.get("diverged_at", "missing")
+        if not (type(steps) is int and steps >= 1):
+            raise ValueError(f"meta.steps must be a positive integer, got {steps!r}")
+        if not (type(g_max) in (int, float) and -1.0 <= g_max <= 1.0):
+            raise ValueError(f"meta.g_max must be a cosine in [-1, 1], got {g_max!r}")
+        if not (diverged_at is None or (type(diverged_at) is int and 0 <= diverged_at <= steps)):
+            raise ValueError(f"meta.diverged_at must be null or a step in [0, {steps}], got {diverged_at!r}")
+        try:
+            series = {k: np.asarray(v, dtype=np.float64) for k, v in d["series"].items()}
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"a series is not a list of numbers ({err})") from None
+        if any(v.ndim != 1 for v in series.values()):
+            raise ValueError("every series must be a flat list of numbers")
+        traj = cls(series=series, meta=meta)
+        n = len(traj.series["phi"])
+        if n > steps + 1:
+            raise ValueError(f"{n} recorded steps exceed steps + 1 = {steps + 1}")
+        return traj

@@ -11,7 +11,13 @@ and cached as safetensors under ``$PHANTOM_CACHE`` (default ``~/.cache/phantom``
 An entry is built in a temporary directory and renamed into place (atomic), under a
 file lock so that concurrent processes build it once; a process re-hashes the files against
 the manifest on first use (and whenever a file changes), and a corrupt entry is rebuilt with
-a :class:`CacheWarning`.
+a :class:`CacheWarning`. Build folders a killed process left behind are swept by the next build.
+
+No model code outside transformers ever runs: every transformers call passes
+``trust_remote_code=False`` (transformers would otherwise *ask on standard input* whether to
+run a folder's own Python), and a model whose config or tokenizer config has an ``auto_map``
+(custom code) is refused up front. Every failure to load a model raises
+:class:`ModelLoadError` (``cannot load model <name>: <reason>``).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub at 
 
 import torch  # noqa: E402
 
-from .files import exclusive_lock  # noqa: E402
+from .files import ensure_dir, exclusive_lock, sweep_stale  # noqa: E402
 
 MANIFEST = "phantom.json"
 CACHE_FORMAT = 1
@@ -38,6 +44,11 @@ CACHE_FORMAT = 1
 
 class UnknownModel(ValueError):
     """The name is neither an offline zoo model, a local directory, nor a loadable hub id."""
+
+
+class ModelLoadError(UnknownModel):
+    """The name resolves (a directory, a cached hub id) but no model loads from it; the message
+    is ``cannot load model <name>: <reason>``."""
 
 
 class MissingModelPackage(ImportError):
@@ -125,6 +136,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("PHANTOM_CACHE") or Path.home() / ".cache" / "phantom")
 
 
+def check_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The model cache's folder, created if needed and proven writable.
+
+    Raises
+    ------
+    phantom.files.UnusablePath
+        Naming the folder and the reason (a file, ``/proc``, read-only, …).
+    """
+    return ensure_dir(Path(cache_dir or cache_root()) / "models", "model cache")
+
+
 def state_sha256(model) -> str:
     """sha256 over the state dict: sorted names, dtypes, shapes and raw bytes."""
     digest = hashlib.sha256()
@@ -157,10 +179,67 @@ def model_info(name: str, model) -> ModelInfo:
 
 def _from_pretrained(source, gguf_file: str | None = None, **model_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, local_files_only=True,
+                                              trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, local_files_only=True,
-                                                 dtype=torch.float32, **model_kwargs)
+                                                 trust_remote_code=False, dtype=torch.float32, **model_kwargs)
     return model.float().eval(), tokenizer
+
+
+def _shown(name: str) -> str:
+    """``repr(name)``, cut to 80 characters for a name too long to print whole."""
+    return repr(name) if len(name) <= 80 else f"{name[:80]!r}… ({len(name)} characters)"
+
+
+def _is_dir(name: str) -> bool:
+    """``Path(name).is_dir()``, False for a name the OS cannot even look up (too long, NUL)."""
+    try:
+        return Path(name).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _custom_code(name: str) -> str | None:
+    """The config file of ``name`` that asks for custom code (has an ``auto_map``), if any.
+
+    Reads only JSON (``config.json``, ``tokenizer_config.json``, local or from the hub cache);
+    a file that is absent or unreadable is left to the loader to report.
+    """
+    from transformers.utils import cached_file
+    for fname in ("config.json", "tokenizer_config.json"):
+        try:
+            path = cached_file(name, fname, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+            config = json.loads(Path(path).read_text()) if path else {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("auto_map"):
+            return fname
+    return None
+
+
+def _refuse_custom_code(name: str) -> None:
+    fname = _custom_code(name)
+    if fname is not None:
+        raise ModelLoadError(f"cannot load model {_shown(name)}: its {fname} asks for custom code (auto_map), "
+                             f"which phantom never runs (trust_remote_code=False)")
+
+
+def _load_reason(name: str, err: BaseException) -> str:
+    """One line saying why loading ``name`` failed (transformers' messages are paragraphs)."""
+    import pickle
+    text = " ".join(str(err).split())
+    if isinstance(err, pickle.UnpicklingError):
+        return ("its pickled weights hold objects other than tensors and are refused "
+                "(torch.load(weights_only=True))")
+    if "sentencepiece" in text.lower():
+        spm = importlib.util.find_spec("sentencepiece") is not None
+        needs_spm = _is_dir(name) and any(Path(name).glob("*.model"))
+        if needs_spm and not spm:
+            return "its tokenizer needs the sentencepiece package (pip install sentencepiece)"
+        return "no usable tokenizer (no tokenizer.json, and no slow tokenizer that could be converted)"
+    first = text.split(". ")[0]
+    return f"{type(err).__name__}: {first[:300]}"
 
 
 def _verify(entry: Path) -> ModelInfo:
@@ -201,6 +280,7 @@ def _build(name: str, spec: OfflineModel, entry: Path) -> None:
     """Convert the GGUF once and move the finished cache entry into place atomically."""
     from transformers import GgufConfig
     entry.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(entry.parent, ".*.build-*")   # what a killed build left (up to ~1 GB each)
     with tempfile.TemporaryDirectory(dir=entry.parent, prefix=f".{name}.build-") as tmp:
         tmp = Path(tmp)
         gguf = spec.gguf(tmp)
@@ -212,7 +292,9 @@ def _build(name: str, spec: OfflineModel, entry: Path) -> None:
         files = {p.name: _file_sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
         manifest = {"format": CACHE_FORMAT, "files": files, "info": asdict(model_info(name, model))}
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if entry.exists():
+        if entry.is_symlink() or entry.is_file():
+            entry.unlink()                # rmtree refuses a symlink, and must not follow one
+        elif entry.exists():
             shutil.rmtree(entry)
         os.replace(out, entry)
 
@@ -227,12 +309,12 @@ def _require_packages(name: str, spec: OfflineModel) -> None:
 def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[Path, ModelInfo]:
     """The verified safetensors cache entry of an offline model, built on first use."""
     spec = OFFLINE[name]
-    entry = Path(cache_dir or cache_root()) / "models" / name
-    with exclusive_lock(entry.with_name(f".{name}.lock")):
+    entry = check_cache(cache_dir) / name
+    with exclusive_lock(entry.with_name(f".{name}.lock"), f"the model cache entry of {name}"):
         if (entry / MANIFEST).exists():
             try:
                 return entry, _verify_once(entry)
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError) as err:
+            except (ValueError, KeyError, TypeError, OSError) as err:
                 warnings.warn(f"corrupt model cache entry {entry}: {err}; rebuilding", CacheWarning,
                               stacklevel=3)
         _require_packages(name, spec)
@@ -243,16 +325,20 @@ def cached_entry(name: str, *, cache_dir: str | os.PathLike | None = None) -> tu
 def check_name(name: str) -> None:
     """Fail fast, without loading weights, on a name :func:`load` cannot resolve.
 
-    Offline zoo names and existing directories pass; anything else must be a hub id whose
-    config is in the local cache. Raises :class:`UnknownModel` naming the problem.
+    Offline zoo names and existing directories pass, unless their config asks for custom
+    code; anything else must be a hub id whose config is in the local cache. Raises
+    :class:`UnknownModel` (or its :class:`ModelLoadError` for custom code) naming the problem.
     """
-    if name in OFFLINE or Path(name).is_dir():
+    if name in OFFLINE:
+        return
+    _refuse_custom_code(name)
+    if _is_dir(name):
         return
     from transformers import AutoConfig
     try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        raise UnknownModel(f"unknown model {name!r}: not an offline zoo name ({', '.join(OFFLINE)}), "
+        AutoConfig.from_pretrained(name, local_files_only=True, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, …
+        raise UnknownModel(f"unknown model {_shown(name)}: not an offline zoo name ({', '.join(OFFLINE)}), "
                            f"nor an existing local directory, nor a hub id in the local cache") from None
 
 
@@ -260,14 +346,16 @@ def load_tokenizer(name: str, *, cache_dir: str | os.PathLike | None = None):
     """Only the tokenizer (for usability checks): from the cache entry if built, else from the GGUF."""
     from transformers import AutoTokenizer
     if name not in OFFLINE:
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        _refuse_custom_code(name)
+        return AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=False)
     entry = Path(cache_dir or cache_root()) / "models" / name
     if (entry / MANIFEST).exists():
-        return AutoTokenizer.from_pretrained(entry, local_files_only=True)
+        return AutoTokenizer.from_pretrained(entry, local_files_only=True, trust_remote_code=False)
     _require_packages(name, OFFLINE[name])
     with tempfile.TemporaryDirectory() as scratch:
         gguf = OFFLINE[name].gguf(Path(scratch))
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
+                                             trust_remote_code=False)
 
 
 def describe(name: str, *, cache_dir: str | os.PathLike | None = None) -> ModelInfo:
@@ -284,6 +372,9 @@ def load(name: str, *, cache_dir: str | os.PathLike | None = None) -> Loaded:
     ------
     UnknownModel
         The name is none of the three.
+    ModelLoadError
+        The name resolves but the model cannot be loaded (custom code, refused pickle, missing
+        class, no tokenizer, …): ``cannot load model <name>: <reason>``, one line.
     MissingModelPackage
         An offline model's package is absent; the message gives the install command.
     """
@@ -291,9 +382,9 @@ def load(name: str, *, cache_dir: str | os.PathLike | None = None) -> Loaded:
         entry, info = cached_entry(name, cache_dir=cache_dir)
         model, tokenizer = _from_pretrained(entry)
         return Loaded(model, tokenizer, info)
+    check_name(name)
     try:
         model, tokenizer = _from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise UnknownModel(f"unknown model {name!r}: not an offline zoo name ({', '.join(OFFLINE)}), "
-                           f"nor a local model directory, nor a hub id in the local cache ({err})") from err
+    except Exception as err:  # noqa: BLE001 - every failure to load is one line naming the model
+        raise ModelLoadError(f"cannot load model {_shown(name)}: {_load_reason(name, err)}") from err
     return Loaded(model, tokenizer, model_info(name, model))

@@ -340,11 +340,11 @@ def test_laws_bad_model_list_is_one_line(capsys, tiny, tmp_path, private_store, 
     out = tmp_path / "laws"
     status = call(["laws", "--models", models, "--budget", "quick", "--out", str(out)])
     captured = capsys.readouterr()
-    assert status == 1
+    assert status == 2                                                      # a usage error
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
-    assert lines[0].startswith(f"phantom: error: the model list {models!r} ")
+    assert lines[0].startswith(f"phantom: error: argument --models: the model list {models!r} ")
     assert not out.exists() and not private_store.exists()               # failed before any work
 
 

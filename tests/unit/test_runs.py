@@ -197,9 +197,9 @@ class SpyStore(RunStore):
         super().__init__(root)
         self.keys = []
 
-    def get_or_compute(self, key, compute):
+    def get_or_compute(self, key, compute, validate=None):
         self.keys.append(key)
-        return super().get_or_compute(key, compute)
+        return super().get_or_compute(key, compute, validate)
 
 
 def assert_same_trajectory(a: Trajectory, b: Trajectory):

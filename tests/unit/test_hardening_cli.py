@@ -1,0 +1,179 @@
+"""Issue 10, the CLI findings: bad option values are caught at parse time or before any fine-tuning,
+as one line ``phantom: error: …``; and a hypothesis fuzz of every option of ``run`` and ``laws``."""
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from phantom import campaign, cli, contexts, dynamics, runs, zoo
+from phantom.protocol import MODES
+
+
+def no_model(*args, **kwargs):
+    raise zoo.ModelLoadError("cannot load model: the test loads none")
+
+
+@pytest.fixture(autouse=True)
+def nothing_runs(tmp_path, monkeypatch):
+    """A private store and cache; no model may load and nothing may be fine-tuned."""
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PHANTOM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "load", no_model)
+    monkeypatch.setattr(zoo, "describe", no_model)
+    monkeypatch.setattr(dynamics, "run", lambda *a, **k: pytest.fail("nothing may be fine-tuned"))
+    runs.model_info.cache_clear()
+
+
+def run_cli(argv) -> tuple[int, list[str], str]:
+    """Exit status, the ``phantom: error:`` lines and stderr (captured here, for hypothesis)."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    text = err.getvalue()
+    assert "Traceback" not in text
+    return code, [line for line in text.splitlines() if line.startswith("phantom: error:")], text
+
+
+def run_argv(**changes) -> list[str]:
+    opts = {"model": "smollm2-135m", "context": "longing", "mode": "full", "lr": "1e-3", "steps": "2"} | changes
+    return ["run"] + [f"--{k}={v}" for k, v in opts.items()]
+
+
+def test_empty_out_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, errors, _ = run_cli(run_argv(out=""))
+    assert code == 2
+    assert errors == ["phantom: error: argument --out: the output directory must not be empty"]
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_unwritable_out_is_reported_before_any_model_loads(tmp_path, monkeypatch, under):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    out = a_file / under if under else a_file
+    loads = []
+    monkeypatch.setattr(runs, "weights_sha256", lambda model: loads.append(model))
+    code, errors, _ = run_cli(run_argv(out=out))
+    assert code == 1
+    assert len(errors) == 1
+    assert errors[0].startswith(f"phantom: error: output directory (--out) '{out}' is not a writable directory:")
+    assert loads == []
+
+
+@pytest.mark.parametrize("seed", [str(10**26), str(2**64), "-1"])
+def test_seed_out_of_torch_range_is_a_usage_error(seed):
+    code, errors, _ = run_cli(run_argv(seed=seed))
+    assert code == 2
+    assert errors == [f"phantom: error: argument --seed: must lie in [0, 2**64) (a torch seed), got {seed!r}"]
+
+
+def test_largest_torch_seed_is_accepted_by_the_parser():
+    args = cli.build_parser().parse_args(run_argv(seed=str(2**64 - 1)))
+    assert args.seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("no_store", [[], ["--no-store"]])
+def test_meta_device_is_one_line(no_store):
+    code, errors, _ = run_cli(run_argv(device="meta") + no_store)
+    assert code == 1
+    assert len(errors) == 1 and errors[0].startswith("phantom: error: device 'meta' is not usable:")
+
+
+@pytest.mark.parametrize("models, why", [(",,,", "names no model"), ("smollm2-135m,,gemma3-270m", "has an empty item"),
+                                          ("", "names no model")])
+def test_empty_model_list_is_a_usage_error(tmp_path, models, why):
+    code, errors, _ = run_cli(["laws", f"--models={models}", f"--out={tmp_path / 'out'}"])
+    assert code == 2
+    assert errors == [f"phantom: error: argument --models: the model list {models!r} {why}"]
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- fuzz
+
+def _out():
+    """Arbitrary text kept inside the sandbox: relative, no '..' (anything else is the same code path)."""
+    return st.text(max_size=30).filter(lambda s: not s.startswith("/") and ".." not in s)
+
+
+RUN_VALID = {
+    "model": ["smollm2-135m", "gemma3-270m", ".", "no-such-model"],
+    "context": list(contexts.BY_ID),
+    "mode": list(MODES),
+    "lr": ["1e-3", "2e-5", "10"],
+    "steps": ["1", "30"],
+    "seed": ["0", "18446744073709551615"],
+    "device": ["cpu", "meta"],
+    "out": ["out", "a/b"],
+}
+LAWS_VALID = {
+    "models": ["smollm2-135m", "smollm2-135m,gemma3-270m", "."],
+    "budget": list(campaign.BUDGETS),
+    "out": ["out", "a/b"],
+}
+
+
+@st.composite
+def options(draw, valid: dict) -> dict:
+    """Every option given: a valid value, except for a few (0 to 3) given arbitrary text."""
+    opts = {k: draw(st.sampled_from(v)) for k, v in valid.items()}
+    for k in draw(st.lists(st.sampled_from(sorted(valid)), max_size=3, unique=True)):
+        opts[k] = draw(_out() if k == "out" else st.text(max_size=40))
+    return opts
+
+
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def snapshot(root: Path) -> set[Path]:
+    return {p.relative_to(root) for p in root.rglob("*")}
+
+
+def check_fuzzed(command: str, opts: dict, no_store: bool) -> None:
+    sandbox = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    cwd = os.getcwd()
+    os.chdir(sandbox)
+    try:
+        argv = [command] + [f"--{k}={v}" for k, v in opts.items()] + (["--no-store"] if no_store else [])
+        code, errors, stderr = run_cli(argv)
+    finally:
+        os.chdir(cwd)
+    assert code in (0, 1, 2), stderr
+    if code:
+        assert len(errors) == 1, stderr
+        event(f"exit {code}: {errors[0].split(':')[2].split(chr(39))[0].strip()}")
+    out = Path(opts["out"]) if opts["out"].strip() else None
+    for path in snapshot(sandbox):   # nothing but --out (and its parents) appears in the working directory
+        assert out is not None and (path == out or out in path.parents or path in out.parents), (path, argv)
+
+
+@FUZZ
+@given(opts=options(RUN_VALID), no_store=st.booleans())
+def test_fuzz_run_options(opts, no_store):
+    check_fuzzed("run", opts, no_store)
+
+
+@FUZZ
+@given(opts=options(LAWS_VALID))
+def test_fuzz_laws_options(opts):
+    check_fuzzed("laws", opts, False)
+
+
+
+def test_any_other_file_system_fault_is_one_line(tmp_path, monkeypatch):
+    def disk_full(model):
+        raise OSError(28, "No space left on device", str(tmp_path / "cache" / "x"))
+
+    monkeypatch.setattr(runs, "weights_sha256", disk_full)
+    code, errors, _ = run_cli(run_argv(out=tmp_path / "out"))
+    assert code == 1
+    assert errors == [f"phantom: error: No space left on device: {tmp_path / 'cache' / 'x'}"]
