@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import tiny_models
 from phantom import cli, files, runs, store, zoo

@@ -1,11 +1,15 @@
 """Issue 10, item 2: purity's bound γ ≤ 1 follows from the arithmetic, and full fine-tuning at a
 high learning rate records a trajectory or a divergence instead of raising."""
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from phantom import geometry
+import tiny_models
+from phantom import cli, dynamics, geometry, zoo
+from phantom.trajectory import Trajectory
 
 
 def _float32_rows(V=4096, d=64, seed=0):
@@ -54,14 +58,6 @@ def test_pair_overlap_of_parallel_rows_is_a_cosine():
 
 
 # ---------------------------------------------------------------- full FT at high LR: recorded, never raised
-
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import tiny_models  # noqa: E402
-from phantom import cli, dynamics, zoo  # noqa: E402
-from phantom.trajectory import Trajectory  # noqa: E402
 
 HIGH_LRS = (1.0, 10.0, 1e3)
 
