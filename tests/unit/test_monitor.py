@@ -146,22 +146,29 @@ def longing(smol):
     return contexts.get("longing"), contexts.orient("longing", smol)
 
 
+def _spec_loop(smol, longing, mode: str, lr: float, steps: int, **monitor_kw) -> PhantomMonitor:
+    """SPEC §4 by hand (AdamW of dynamics.optimizer, CE of g at the last position) with a monitor."""
+    context, pair = longing
+    model = dynamics.prepare(smol, mode, seed=0)
+    opt = dynamics.optimizer(model, lr)
+    monitor = PhantomMonitor(smol.tokenizer, [(context.text, pair.g_word, pair.c_word)], **monitor_kw)
+    ids, target = contexts.encode(context, smol.tokenizer), torch.tensor([pair.g_id])
+    for t in range(steps + 1):
+        monitor.observe(model, t)
+        if t < steps:
+            F.cross_entropy(model(ids, logits_to_keep=1).logits[0, -1:].float(), target).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return monitor
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_plain_loop_agrees_with_engine(smol, longing, mode, one_torch_thread):
     """A SPEC §4 loop with a monitor logs the engine's Φ, S, D, p_g, p_c at every step (1e-6)."""
     context, pair = longing
     traj = dynamics.run(smol, context, mode=mode, lr=MODE_LR[mode], steps=STEPS, pair=pair)
-    model = dynamics.prepare(smol, mode, seed=0)
-    opt = dynamics.optimizer(model, MODE_LR[mode])
-    monitor = PhantomMonitor(smol.tokenizer, [(context.text, pair.g_word, pair.c_word)])
-    ids, target = contexts.encode(context, smol.tokenizer), torch.tensor([pair.g_id])
-    for t in range(STEPS + 1):
-        monitor.observe(model, t)
-        if t < STEPS:
-            F.cross_entropy(model(ids, logits_to_keep=1).logits[0, -1:].float(), target).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    monitor = _spec_loop(smol, longing, mode, MODE_LR[mode], STEPS)
     for k in ("phi", "signal", "drag", "p_g", "p_c", "dz", "loss", "rank_g", "rank_c"):
         _, got = monitor.series("yearning-longing", k)
         assert got == pytest.approx(traj[k], abs=1e-6), k
@@ -205,3 +212,21 @@ def test_trainer_callback_logs_series_and_writes_report(smol, longing, mode, tmp
     assert phi[-1] != phi[0]                       # it watched training move the model
     if mode == "lora":
         assert torch.equal(model.get_input_embeddings().weight, smol.model.get_input_embeddings().weight)
+
+
+SILENT_AFTER = 6   # observations t = 0..5: by t = 4 the 2e-5 run has rank-flipped (measured: t = 4)
+
+
+@pytest.mark.slow
+def test_silent_failure_flagged_at_2e6_not_on_a_flipping_run(smol, longing, one_torch_thread):
+    """``longing`` full FT (g = the lower-Born word, SPEC §3): a silent failure at 2e-6 (SPEC §4 run,
+    measured over all 30 steps: loss 8.28 → 1.25, no rank flip), flagged after 6 observations;
+    at 2e-5 the same window flips and nothing silent is flagged. 5 updates instead of 30: the
+    shared 2-core CPU takes 70–135 s for a 30-step full-FT run."""
+    silent = _spec_loop(smol, longing, "full", 2e-6, SILENT_AFTER - 1, silent_after=SILENT_AFTER, blind=False)
+    assert [(f["kind"], f["step"]) for f in silent.findings] == [("silent_failure", SILENT_AFTER - 1)]
+    _, loss = silent.series("yearning-longing", "loss")
+    assert loss[-1] < loss[0]
+    flips = _spec_loop(smol, longing, "full", 2e-5, SILENT_AFTER - 1, silent_after=SILENT_AFTER, blind=False)
+    kinds = {f["kind"] for f in flips.findings}
+    assert "rank_flip" in kinds and "silent_failure" not in kinds
