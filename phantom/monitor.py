@@ -362,3 +362,99 @@ class PhantomCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.written = self.monitor.report(self.path or Path(args.output_dir) / "phantom")
+
+
+# --- predict: a blind critical LR for a probe before training (SPEC §5) ---------------------
+
+NO_K = "no k: no zoo model has η_c and q in the run store"
+
+
+class NotStored(LookupError):
+    """A lookup-only read met an entry that is not in the run store."""
+
+
+class _StoredOnly:
+    """A run store that answers from its verified entries only: a miss raises :class:`NotStored`."""
+
+    def __init__(self, store):
+        self.store, self.root = store, store.root
+
+    def get_or_compute(self, key: dict, compute) -> dict:
+        payload = self.store.get(key)
+        if payload is None:
+            raise NotStored(f"its {key['kind']} entry is not in the run store")
+        return payload
+
+
+def _never_load(name: str):
+    raise NotStored(f"model {name!r} would have to be loaded")
+
+
+@dataclass(frozen=True)
+class BlindConstant:
+    """``k``: geometric mean of ``η_c / q`` over the models measured in the run store (SPEC §5).
+
+    Attributes
+    ----------
+    k : float or None
+        None when no model has both ``η_c`` and ``q`` stored.
+    ratios : dict of str to (η_c, q)
+        The models ``k`` comes from.
+    missing : dict of str to str
+        Every other model, with the reason.
+    loo : dict of str to float
+        Leave-one-out relative error of ``η̂_c`` per model (SPEC §5, C13), with ≥ 2 models.
+    """
+
+    k: float | None
+    ratios: dict
+    missing: dict
+    loo: dict
+
+
+def blind_constant(models, store=None) -> BlindConstant:
+    """``k`` from the run store only: nothing is fine-tuned, loaded or computed.
+
+    Each model's ``η_c`` and ``q`` are read under the keys :func:`phantom.campaign.critical_lr_of`
+    and :func:`phantom.campaign.blind_statistic` build for the SPEC protocol plan; a model whose
+    entries (or whose offline cache entry, which names its weights) are absent is listed in
+    ``missing``.
+    """
+    from . import campaign, laws, zoo
+    from .store import RunStore
+    store = store or RunStore()
+    ratios, missing = {}, {}
+    for m in models:
+        if m in zoo.OFFLINE and not (zoo.cache_root() / "models" / m / zoo.MANIFEST).exists():
+            missing[m] = "not measured: never loaded on this machine (no model cache entry)"
+            continue
+        c = campaign.Campaign(m, campaign.Plan(), store=_StoredOnly(store), loader=_never_load)
+        try:
+            q, eta_c = campaign.blind_statistic(c).q, campaign.critical_lr_of(c).eta_c
+        except NotStored as err:
+            missing[m] = f"not measured: {err}"
+            continue
+        if q is None or eta_c is None:
+            missing[m] = "no context with r > 0 (no q)" if q is None else "η_c above the full-FT grid"
+            continue
+        ratios[m] = (eta_c, q)
+    k = math.exp(math.fsum(math.log(e / q) for e, q in ratios.values()) / len(ratios)) if ratios else None
+    loo = {}
+    if len(ratios) >= 2:
+        preds = laws.leave_one_out({m: q for m, (_, q) in ratios.items()}, lambda m: ratios[m][0])
+        loo = {p.model: p.rel_error for p in preds}
+    return BlindConstant(k, ratios, missing, loo)
+
+
+def blind_lr(k: float | None, dz0: float, r: float | None, steps: int = STEPS) -> tuple[float | None, str | None]:
+    """``(η̂_c, None)`` with ``η̂_c = k · (−Δz_0)/(T·r)`` (SPEC §5), or ``(None, reason)``."""
+    if r is None:
+        return None, "r was not computed (no trainable parameter)"
+    if r <= 0:
+        return None, (f"r = {r:.4g} ≤ 0: Adam's first step does not move Δz toward the target, so "
+                      f"(−Δz_0)/(T·r) is no learning rate (SPEC §5 excludes such contexts)")
+    if dz0 >= 0:
+        return None, f"Δz_0 = {dz0:.4g} ≥ 0: the target already leads its competitor in logit"
+    if k is None:
+        return None, NO_K
+    return k * (-dz0) / (steps * r), None
