@@ -107,7 +107,8 @@ class PhantomMonitor:
     Attributes
     ----------
     history : list of dict
-        Every row :meth:`observe` returned, in order.
+        Every row :meth:`observe` returned, in order; ``row["findings"]`` lists the kinds of
+        finding first seen at that observation.
     findings : list of dict
         ``{"step", "probe", "kind", "message"}``, each ``(probe, kind)`` at most once.
     """
@@ -135,6 +136,7 @@ class PhantomMonitor:
             self.ids.append(tokenizer(p.context, return_tensors="pt").input_ids[0])   # (n_i,)
         self.history: list[dict] = []
         self.findings: list[dict] = []
+        self._rows: dict[str, list[dict]] = {name: [] for name in names}   # history by probe
         self._g_gc: dict[str, float] = {}
         self._psi_key, self._psi = None, None
 
@@ -203,17 +205,20 @@ class PhantomMonitor:
                 m.training = training
         self.history.extend(rows)
         for row in rows:
-            self._check(row["probe"])
+            self._rows[row["probe"]].append(row)
+            row["findings"] = self._check(row["probe"])
         return rows
 
     # --- findings (SPEC §5, live) ----------------------------------------------------
 
     def series(self, probe: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one probe's series over the history."""
-        rows = [r for r in self.history if r["probe"] == probe and name in r]
+        rows = [r for r in self._rows[probe] if name in r]
         return np.array([r["step"] for r in rows]), np.array([r[name] for r in rows], dtype=np.float64)
 
-    def _check(self, probe: str) -> None:
+    def _check(self, probe: str) -> list[str]:
+        """Report the findings the probe's series now show; return the kinds new at this observation."""
+        before = len(self.findings)
         steps, phi = self.series(probe, "phi")
         _, p_g = self.series(probe, "p_g")
         _, p_c = self.series(probe, "p_c")
@@ -241,6 +246,7 @@ class PhantomMonitor:
                          f"silent failure in progress: the target's loss fell {loss[0]:.4g} → {loss[-1]:.4g} over "
                          f"{len(loss)} observations (steps {steps[0]}–{steps[-1]}) while p_target "
                          f"{p_g[-1]:.4g} ≤ p_competitor {p_c[-1]:.4g} at every one")
+        return [f["kind"] for f in self.findings[before:]]
 
     def _report(self, probe: str, kind: str, step: int, message: str) -> None:
         if any(f["probe"] == probe and f["kind"] == kind for f in self.findings):

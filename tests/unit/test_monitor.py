@@ -123,7 +123,9 @@ def test_flips_found_once_warned_logged_and_reported(tokenizer, tmp_path, caplog
     assert sorted(str(w.message) for w in caught if w.category is PhantomFinding) == \
         sorted(f"phantom: probe 'purpose': {f['message']}" for f in monitor.findings)
     assert len([r for r in caplog.records if r.name == "phantom.monitor"]) == len(kinds)
+    assert sorted(k for r in monitor.history for k in r["findings"]) == sorted(kinds)
     born = next(f for f in monitor.findings if f["kind"] == "born_flip")
+    assert "born_flip" in next(r for r in monitor.history if r["step"] == born["step"])["findings"]
     steps, phi = monitor.series("purpose", "phi")
     assert phi[list(steps).index(born["step"])] > 0 and all(phi[steps < born["step"]] <= 0)
 
