@@ -419,7 +419,10 @@ class BlindConstant:
 
 
 def blind_constant(models, store=None) -> BlindConstant:
-    """``k`` from the run store only: nothing is fine-tuned, loaded or computed.
+    """``k`` from the run store only: nothing is fine-tuned or computed into the store.
+
+    Offline zoo names are identified by their cache manifest; a local directory or hub id is
+    loaded once to hash its weights (the key of every entry).
 
     Each model's ``η_c`` and ``q`` are read under the keys :func:`phantom.campaign.critical_lr_of`
     and :func:`phantom.campaign.blind_statistic` build for the SPEC protocol plan; a model whose

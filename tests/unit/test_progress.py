@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 import torch
@@ -76,3 +77,29 @@ def test_cli_run_shows_steps_on_a_terminal_only(tmp_path, monkeypatch, tty):
     drawn = [line for line in err.getvalue().split("\r\033[K") if line.startswith("fine-tuning steps: ")]
     assert [line.split(" (")[0] for line in drawn] == (["fine-tuning steps: 1/3", "fine-tuning steps: 2/3",
                                                          "fine-tuning steps: 3/3"] if tty else [])
+
+
+def test_cli_laws_counts_the_planned_grid_runs(tmp_path, monkeypatch):
+    """`laws` serves its campaigns through a counting store; the total is the plans' grid runs."""
+    import sys
+
+    from phantom import campaign, cli
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "runs"))
+    model = str(tiny_models.build_tiny("llama", tmp_path / "llama"))
+    seen = []
+
+    def table(campaigns):
+        for c in campaigns:
+            seen.append(c.plan)
+            for lr in (1, 2, 1):                            # the repeated entry counts once
+                c.store.get_or_compute({"kind": "trajectory", "lr": lr}, lambda: {"x": 1})
+        return []
+
+    monkeypatch.setattr(campaign, "laws_table", table)
+    monkeypatch.setattr(campaign, "saturation_responses", lambda c: {})   # the plots' runs: not this test's
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert cli.main(["laws", "--models", model, "--out", str(tmp_path / "out")]) == 0
+    total = len(contexts.CONTEXTS) * (len(seen[0].full_lrs) + len(seen[0].lora_lrs))
+    drawn = [re.search(r": (\d+/\d+) \(", line).group(1) for line in sys.stderr.getvalue().split("\r\033[K")[1:]]
+    assert drawn == [f"1/{total}", f"2/{total}"]
