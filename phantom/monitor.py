@@ -286,7 +286,7 @@ def plot(monitor: PhantomMonitor, path: str | os.PathLike) -> Path:
     from matplotlib.figure import Figure
 
     from .plots import DPI, _save
-    styles = {"born_flip": ("C3", "--"), "rank_flip": ("C4", ":"), "jump": ("C5", "-."), "silent_failure": ("k", "-")}
+    styles = dict(zip(FINDINGS, (("C3", "--"), ("C4", ":"), ("C5", "-."), ("k", "-"))))
     names = [p.label for p in monitor.probes]
     fig = Figure(figsize=(3.6 * len(names) + 0.6, 5.2), dpi=DPI)
     FigureCanvasAgg(fig)
