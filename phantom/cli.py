@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from . import campaign, contexts, dynamics, files, runs, store, zoo
+from . import campaign, contexts, dynamics, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -296,8 +296,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         clock(f"orienting {context.id!r} …")
         pair = contexts.orient(context, loaded)
         clock(f"{what} on {args.device} …")
-        traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                            seed=args.seed, device=args.device, pair=pair, observables=args.observables)
+        with progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps")):
+            traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                                seed=args.seed, device=args.device, pair=pair, observables=args.observables)
         source = "computed (--no-store)"
     else:
         clock(f"checking model {args.model} (run store: {store.default_root()}) …")
@@ -307,8 +308,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
         clock(f"{what}, unless already in the run store …")
         before = loader.calls
-        traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                               seed=args.seed, observables=args.observables, loader=loader)
+        with progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps")):
+            traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                                   seed=args.seed, observables=args.observables, loader=loader)
         source = "run store (computed now)" if loader.calls > before else "run store (cached)"
     if source == "run store (cached)":
         clock("done: from store")
@@ -362,9 +364,13 @@ def cmd_laws(args: argparse.Namespace) -> int:
         zoo.check_cache()
     store.RunStore().check()
     check_out(args.out)
-    campaigns = [campaign.Campaign.for_budget(m, args.budget) for m in models]
+    bar = progress.Progress(0, "runs (grid; bisection runs come on top)")
+    counting = progress.CountingStore(bar)
+    campaigns = [campaign.Campaign.for_budget(m, args.budget, counting) for m in models]
+    bar.total = sum(len(contexts.CONTEXTS) * (len(c.plan.full_lrs) + len(c.plan.lora_lrs)) for c in campaigns)
     clock(f"laws of {', '.join(models)} (budget {args.budget}; missing runs are computed into the store) …")
-    rows = campaign.laws_table(campaigns)
+    with bar:
+        rows = campaign.laws_table(campaigns)
     clock("done")
     width = max([16] + [len(r.model) for r in rows])   # whole names: pythia-70m ≠ pythia-410m
     head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
@@ -389,6 +395,120 @@ def cmd_laws(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CliError(f"cannot write the outputs to {out}: {err}") from None
     print(f"{'wrote':<12}" + f"\n{'':<12}".join(map(str, written)), flush=True)
+    return 0
+
+
+# --- `predict` ------------------------------------------------------------------------
+
+PROBE_COLUMNS = ("context", "target", "competitor")
+
+
+def read_probes(path: Path) -> list:
+    """Probes from a CSV with a header row: columns context, target, competitor (and name, optional)."""
+    import csv
+
+    from .monitor import Probe
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CliError(f"cannot read the probes file {path}: {err}") from None
+    missing = [c for c in PROBE_COLUMNS if c not in header]
+    if missing:
+        raise CliError(f"probes file {path} lacks the column(s) {', '.join(missing)} in its header row "
+                       f"(got {header}); expected: context,target,competitor[,name]")
+    probes = []
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        if not any(row.values()):
+            continue
+        empty = [c for c in PROBE_COLUMNS if not row.get(c)]
+        if empty:
+            raise CliError(f"probes file {path} line {line}: empty {', '.join(empty)}")
+        probes.append(Probe(row["context"], row["target"], row["competitor"], row.get("name") or None))
+    if not probes:
+        raise CliError(f"probes file {path} has a header but no probe")
+    return probes
+
+
+def configure_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="NAME",
+                   help=f"offline zoo name ({', '.join(zoo.OFFLINE)}), a local model directory, "
+                        "or a Hugging Face id already in the local cache (required)")
+    p.add_argument("--probes", required=True, type=Path, metavar="CSV",
+                   help="CSV with a header row: context,target,competitor[,name]; each word must be a "
+                        "single token with its leading space (required)")
+    p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
+                   help="the number of updates T the critical LR is for (default: %(default)s)")
+    p.add_argument("--k-models", default=",".join(campaign.ZOOS["offline-full"]), metavar="MODELS",
+                   help="comma-separated models whose stored η_c and q give k; read from the run store "
+                        "only, never computed (default: %(default)s)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="directory for predict_<model>.json (default: ./%(default)s)")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import monitor
+
+    clock = _Clock()
+    probes = read_probes(args.probes)
+    k_models = campaign.parse_models(args.k_models)
+    zoo.check_name(args.model)
+    clock(f"k from the run store ({store.default_root()}), nothing computed …")
+    const = monitor.blind_constant(k_models)
+    loaded = _Loader(clock, always=True)(args.model)
+    monitor.PhantomMonitor(loaded.tokenizer, probes)                  # every probe checked before any gradient
+    loaded.model.requires_grad_(True)                                  # r over every parameter, as q (full FT)
+    rows = []
+    with progress.Progress(len(probes), "probes (step-0 r: 2 backward passes each)") as bar:
+        for probe in probes:
+            rows.extend(monitor.PhantomMonitor(loaded.tokenizer, [probe]).observe(loaded.model, 0))
+            bar.advance()
+    clock("done")
+
+    results = []
+    for probe, row in zip(probes, rows):
+        eta, why = monitor.blind_lr(const.k, row["dz"], row["r"], args.steps)
+        results.append({"name": probe.label, "context": probe.context, "target": probe.target,
+                        "competitor": probe.competitor, "g_gc": row["g_gc"], "burial": row["burial"],
+                        "dz0": row["dz"], "r": row["r"], "p_g0": row["p_g"], "p_c0": row["p_c"],
+                        "eta_hat": eta, "unpredictable": why})
+    width = max([8] + [len(r["name"]) for r in results])
+    head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Δz_0':>9}{'r':>11}{'η̂_c':>11}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        print(f"{r['name']:<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['dz0']:>9.3f}{_fmt(r['r'], '.4g'):>11}"
+              f"{_fmt(r['eta_hat'], '.3g'):>11}")
+    print()
+    if const.k is None:
+        print(f"{'k':<12}none: no model has η_c and q in the run store ({store.default_root()}):")
+        for m, why in const.missing.items():
+            print(f"{'':<12}{m}: {why}")
+        print(f"{'':<12}measure them with: python -m phantom laws --models {','.join(k_models)}")
+    else:
+        used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
+        print(f"{'k':<12}{const.k:.4g} = geometric mean of η_c/q over {used}")
+        loo = ", ".join(f"{m} {e:.1%}" for m, e in const.loo.items()) or "needs ≥ 2 measured models"
+        print(f"{'LOO error':<12}{loo} (C13: each ≤ 2.1%)")
+        if const.missing:
+            print(f"{'not used':<12}" + f"\n{'':<12}".join(f"{m}: {why}" for m, why in const.missing.items()))
+    print(f"{'η̂_c':<12}k · (−Δz_0)/(T·r), T = {args.steps}: the full-FT AdamW LR at which Φ would "
+          f"Born-flip by step T")
+    for r in results:
+        if r["unpredictable"] and r["unpredictable"] != monitor.NO_K:
+            print(f"{r['name']:<12}unpredictable: {r['unpredictable']}")
+    out = Path(args.out) / f"predict_{safe_name(args.model)}.json"
+    try:
+        write_json_atomic(out, {"model": args.model, "weights_sha256": loaded.info.weights_sha256,
+                                "steps": args.steps, "k": const.k,
+                                "k_models": {m: {"eta_c": e, "q": q} for m, (e, q) in const.ratios.items()},
+                                "k_missing": const.missing, "loo_rel_error": const.loo, "probes": results})
+    except OSError as err:
+        raise CliError(f"cannot write the outputs to {out.parent}: {err}") from None
+    print(f"{'wrote':<12}{out}", flush=True)
     return 0
 
 
@@ -430,6 +550,18 @@ COMMANDS: dict[str, Command] = {
         epilog="example:\n  python -m phantom laws --models smollm2-135m,gemma3-270m",
         configure=configure_laws,
         handler=cmd_laws,
+    ),
+    "predict": Command(
+        help="blind critical learning rate of your own probes, before any training",
+        description="For each probe of a CSV (context,target,competitor[,name]) on a model: the pair\n"
+                    "overlap G_gc, the step-0 burial depth B, the logit gap Δz_0, the blind statistic\n"
+                    "r = ∇Δz · sign(−∇L) over every parameter (SPEC §5), and the blind critical LR\n"
+                    "η̂_c = k·(−Δz_0)/(T·r), with k the geometric mean of η_c/q over the zoo models\n"
+                    "already measured in the run store (read only; `phantom laws` measures them).\n"
+                    "A probe with r ≤ 0 is unpredictable. Writes <out>/predict_<model>.json.",
+        epilog="example:\n  python -m phantom predict --model smollm2-135m --probes probes.csv",
+        configure=configure_predict,
+        handler=cmd_predict,
     ),
 }
 

@@ -77,10 +77,10 @@ def plot_trajectory(traj: Trajectory, path: str | os.PathLike, analysis=None) ->
     top.set_title(_title(traj, analysis), fontsize=10)
     fig.tight_layout()
 
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically (temporary file, then rename)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -113,7 +113,7 @@ def plot_runs(runs: dict[str, Trajectory], series: tuple[str, ...], path: str | 
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def claims_figures(model: str, reference: list[Trajectory], lora_reference: list[Trajectory],
@@ -175,7 +175,7 @@ def plot_saturation(model: str, responses: dict, fits: dict, path: str | os.Path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_prediction(rows, path: str | os.PathLike) -> Path:
@@ -199,4 +199,4 @@ def plot_prediction(rows, path: str | os.PathLike) -> Path:
     ax.set_title("critical learning rate, leave-one-out", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

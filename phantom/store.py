@@ -73,6 +73,10 @@ Validator = Callable[[Any], Any]
 """``validate(payload)``: raises ValueError, TypeError or KeyError when a verified payload is unusable."""
 
 
+class NotStored(LookupError):
+    """A read-only :class:`RunStore` was asked for an entry it does not hold."""
+
+
 class _Corrupt(Exception):
     """Internal: an entry file failed verification (the message is the reason)."""
 
@@ -241,8 +245,9 @@ class RunStore:
         ``(kind, key hash)`` of every entry asked for / computed through this instance.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, *, read_only: bool = False):
         self.root = pathlib.Path(root) if root is not None else default_root()
+        self.read_only = read_only   # serve verified entries only: a miss raises NotStored
         # (kind, key hash) of every entry asked for / computed through this instance: a claims
         # session reports them to tell a cold store (everything computed) from a warm one.
         self.requested: set[tuple[str, str]] = set()
@@ -336,6 +341,8 @@ class RunStore:
             record = _load(path, h, validate)
             if record is not None:
                 return record["payload"]
+        if self.read_only:
+            raise NotStored(f"its {key.get('kind', 'entry')} entry is not in the run store {self.root}")
         if not self._checked:
             self.check()
         with exclusive_lock(self._path(h, ".lock"), f"run-store entry {h[:12]}… ({key.get('kind', 'entry')})"):

@@ -148,7 +148,7 @@ class SatCampaign:
 
 def capture_figures(monkeypatch) -> list:
     figures = []
-    save = plots._save
+    save = plots.save_figure
 
     def spy(fig, path):
         figures.append(fig)
