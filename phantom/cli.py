@@ -445,7 +445,7 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-models", default=",".join(campaign.ZOOS["offline-full"]), metavar="MODELS",
                    help="comma-separated models whose stored η_c and q give k; read from the run store "
                         "only, never computed (default: %(default)s)")
-    p.add_argument("--out", default="out", metavar="DIR",
+    p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
                    help="directory for predict_<model>.json (default: ./%(default)s)")
 
 
@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # Φ, γ, Δz on a non-UTF-8 terminal
     args = build_parser().parse_args(argv)
-    out = getattr(args, "out", None)
+    out = Path(args.out) if getattr(args, "out", None) else None
     fresh_out = out is not None and not out.exists()
     status = 1
     try:

@@ -154,7 +154,7 @@ def capture_figures(monkeypatch) -> list:
         figures.append(fig)
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     return figures
 
 

@@ -67,7 +67,7 @@ def test_blind_constant_reads_only(store, tiny_dir, monkeypatch):
     monkeypatch.setattr(dynamics, "run", boom)
     const = blind_constant([tiny_dir], store)
     assert const.k is None and const.ratios == {} and const.loo == {}
-    assert const.missing == {tiny_dir: "not measured: its orientation entry is not in the run store"}
+    assert const.missing == {tiny_dir: f"not measured: its orientation entry is not in the run store {store.root}"}
     assert not any(p.suffix == ".json" for p in store.root.rglob("*"))
 
 
