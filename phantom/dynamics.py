@@ -158,6 +158,7 @@ class _Probe:
     U0: torch.Tensor | None
     psi: torch.Tensor | None = None   # fixed Ψ under LoRA; recomputed per step under full FT
     observables: str = "all"
+    columns: torch.Tensor | None = None   # LoRA: the pair's fixed (V, 2) columns of G
 
     def recorded(self, t: int) -> set[str]:
         """The optional series recorded at step ``t``."""
@@ -171,7 +172,10 @@ class _Probe:
         E = self.E.detach()
         psi = self.psi if self.psi is not None else geometry.normalize_rows(E)
         p = torch.softmax(z.to(torch.float64), dim=-1)                    # (V,)
-        gap = geometry.born_gap(p, psi, g, c)
+        if self.psi is not None and self.columns is None:
+            self.columns = geometry.pair_columns(psi, g, c)          # Ψ is frozen: once per run
+        columns = self.columns if self.psi is not None else geometry.pair_columns(psi, g, c)
+        gap = geometry.born_gap_from_columns(p, columns, g, c)
         g_gc = geometry.pair_overlap(psi, g, c)
         row = {
             "loss": loss, "p_g": float(p[g]), "p_c": float(p[c]),

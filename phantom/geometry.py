@@ -81,6 +81,42 @@ def pair_overlap(psi, g: int, c: int) -> float:
     return min(1.0, max(-1.0, float(_pair_gram(_matrix(psi), g, c)[0, 1])))
 
 
+def pair_columns(psi, g: int, c: int) -> torch.Tensor:
+    """The (V, 2) float64 columns ``G_gj``, ``G_cj`` of the overlap matrix (SPEC §2).
+
+    The pair's own 2×2 block is renormalised in float64 (``G_gg = G_cc = 1``), so that
+    :func:`born_gap_from_columns` satisfies ``Φ = S + D`` to rounding.
+    """
+    psi = _matrix(psi)
+    vocab = psi.shape[0]
+    for name, i in (("g", g), ("c", c)):
+        if not 0 <= int(i) < vocab:
+            raise ValueError(f"{name}={i} is outside the vocabulary [0, {vocab})")
+    if g == c:
+        raise ValueError(f"g and c must differ, both are {g}")
+    G = (psi @ psi[[g, c]].T).to(torch.float64)  # (V, 2): G_gj, G_cj
+    G[[g, c]] = _pair_gram(psi, g, c)
+    return G
+
+
+def born_gap_from_columns(p, G: torch.Tensor, g: int, c: int) -> BornGap:
+    """:func:`born_gap` from the pair's columns ``G`` (:func:`pair_columns`): O(V) per distribution.
+
+    Under LoRA Ψ is frozen, so a run computes ``G`` once and reads Φ, S, D from it at every step.
+    """
+    p = _distribution(p, G.shape[0])
+    G2 = G * G
+    b = p @ G2                                     # (..., 2): b_g, b_c
+    w = G2[:, 0] - G2[:, 1]                        # (V,): G_gj² − G_cj²
+    w[[g, c]] = 0.0                                # drag sums over j ∉ {g, c}
+    phi = b[..., 0] - b[..., 1]
+    signal = (p[..., g] - p[..., c]) * (1.0 - G2[c, 0])
+    drag = p @ w
+    if p.ndim == 1:
+        return BornGap(float(phi), float(signal), float(drag))
+    return BornGap(phi, signal, drag)
+
+
 def born_gap(p, psi, g: int, c: int) -> BornGap:
     """Born gap ``Φ = b_g − b_c`` with signal ``S`` and drag ``D`` (SPEC §2).
 
@@ -98,26 +134,8 @@ def born_gap(p, psi, g: int, c: int) -> BornGap:
     BornGap
         Floats for a single distribution, length-T float64 tensors for (T, V).
     """
-    psi = _matrix(psi)
-    vocab = psi.shape[0]
-    p = _distribution(p, vocab)
-    for name, i in (("g", g), ("c", c)):
-        if not 0 <= int(i) < vocab:
-            raise ValueError(f"{name}={i} is outside the vocabulary [0, {vocab})")
-    if g == c:
-        raise ValueError(f"g and c must differ, both are {g}")
-    G = (psi @ psi[[g, c]].T).to(torch.float64)  # (V, 2): G_gj, G_cj
-    G[[g, c]] = _pair_gram(psi, g, c)              # G_gg = G_cc = 1: Φ = S + D to rounding
-    G2 = G * G
-    b = p @ G2                                     # (..., 2): b_g, b_c
-    w = G2[:, 0] - G2[:, 1]                        # (V,): G_gj² − G_cj²
-    w[[g, c]] = 0.0                                # drag sums over j ∉ {g, c}
-    phi = b[..., 0] - b[..., 1]
-    signal = (p[..., g] - p[..., c]) * (1.0 - G2[c, 0])
-    drag = p @ w
-    if p.ndim == 1:
-        return BornGap(float(phi), float(signal), float(drag))
-    return BornGap(phi, signal, drag)
+    G = pair_columns(psi, g, c)
+    return born_gap_from_columns(p, G, g, c)
 
 
 def _gram_blocks(A: torch.Tensor, weights: torch.Tensor | None = None, *, dtype: torch.dtype | None = None,
