@@ -409,15 +409,14 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         raise CliError(f"--address {args.address} needs --executor ray")
     if args.executor == "local":
         check_device(args.device)   # ray: each worker's device is its own
+    else:
+        executor.import_ray()       # fail now, with the install command, if Ray is missing
     where = "this process" if args.executor == "local" else f"Ray ({args.address or 'a private cluster'})"
     clock(f"campaign of {', '.join(models)} (budget {args.budget}) on {where}, device {args.device}; "
           f"run store {store.default_root()} …")
     campaigns = [campaign.Campaign.for_budget(m, args.budget, device=args.device) for m in models]
     live = sys.stdout.isatty() and not os.environ.get("CI")
-    try:
-        done = executor.compute(campaigns, args.executor, args.address, ProgressDisplay(sys.stdout, live))
-    except executor.ExecutorError as err:
-        raise CliError(str(err)) from None
+    done = executor.compute(campaigns, args.executor, args.address, ProgressDisplay(sys.stdout, live))
     clock(f"done: {sum(p.computed for p in done)} runs computed, {sum(p.cached for p in done)} "
           "already in the store")
     return 0
@@ -502,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CliError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable, ValueError) as err:
+    except (CliError, executor.ExecutorError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable,
+            ValueError) as err:
         _error(str(err))
         return 1
     except KeyboardInterrupt:

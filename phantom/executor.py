@@ -141,6 +141,11 @@ def _task(c: cmp.Campaign, kind: str, **args) -> Task:
     return Task(c.model, kind, args, resources(runs.model_info(c.model), kind, args.get("mode"), c.device))
 
 
+def orientations_task(c: cmp.Campaign) -> Task:
+    """The task of every context's orientation on the campaign's model."""
+    return _task(c, "orientations")
+
+
 def run_task(c: cmp.Campaign, mode: str, lr: float, context: str, stop: str | None = None) -> Task:
     """The task of one fine-tuning run of a campaign (its plan's steps and stop policy)."""
     return _task(c, "trajectory", context=context, mode=mode, lr=lr, steps=c.plan.steps,
@@ -360,7 +365,7 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
         for done in executor.run(c, tasks):
             track.finished(done)
 
-    run([_task(c, "orientations")])
+    run([orientations_task(c)])
     planned = [run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
     track.begin("runs", len(planned))
     run(planned + statistic_tasks(c))
