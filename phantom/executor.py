@@ -241,13 +241,11 @@ class RayExecutor:
         private one-node cluster with one :data:`HEAVY` unit, unless Ray is initialised already.
     max_retries : int
         Retries of a task that raises or whose worker dies.
-    runtime_env : dict, optional
-        Ray runtime environment of every task (e.g. ``env_vars``).
     """
 
     parallel = True
 
-    def __init__(self, address: str | None = None, *, max_retries: int = 2, runtime_env: dict | None = None):
+    def __init__(self, address: str | None = None, *, max_retries: int = 2):
         ray = self.ray = import_ray()
         if not ray.is_initialized():
             if address is None:
@@ -257,7 +255,6 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         self.max_retries = max_retries
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=True)(_worker)
-        self.runtime_env = runtime_env
         self.fingerprint = fingerprint()
 
     def check_feasible(self, tasks: Iterable[Task]) -> None:
@@ -278,9 +275,7 @@ class RayExecutor:
         self.check_feasible(tasks)
         c.store.root.mkdir(parents=True, exist_ok=True)
         weights = runs.weights_sha256(c.model)
-        options = {} if self.runtime_env is None else {"runtime_env": self.runtime_env}
-        refs = {self.remote.options(**task.resources, **options).remote(task, self.fingerprint, weights,
-                                                                         str(c.store.root)): task
+        refs = {self.remote.options(**task.resources).remote(task, self.fingerprint, weights, str(c.store.root)): task
                 for task in tasks}
         pending = list(refs)
         try:
@@ -399,7 +394,7 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
         Called with a :class:`Progress` whenever a model's counts change (from several
         threads with ``ray``, never two calls at once).
     **options
-        ``max_retries``, ``runtime_env`` of :class:`RayExecutor`.
+        ``max_retries`` of :class:`RayExecutor`.
 
     Returns
     -------

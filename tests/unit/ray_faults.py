@@ -1,8 +1,9 @@
 """Faulty Ray workers for tests/unit/test_executor.py (imported by the Ray workers themselves).
 
-Each is :func:`phantom.executor._worker` with a fault. The first two fail on the first attempt
-of a task only: it claims ``$PHANTOM_FAULT_DIR/first`` (``O_EXCL``: exactly one attempt across
-processes gets it), and every attempt appends its pid to ``$PHANTOM_FAULT_DIR/attempts``.
+Each is :func:`phantom.executor._worker` (arguments: task, driver fingerprint, weights hash,
+store root) with a fault, and keeps its files in the folder above the store root. The first
+two fail on the first attempt of a task only: it claims ``first`` there (``O_EXCL``: exactly
+one attempt across processes gets it), and every attempt appends its pid to ``attempts``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 from phantom import dynamics, executor
 
 
-def _first_attempt() -> bool:
-    folder = Path(os.environ["PHANTOM_FAULT_DIR"])
+def _first_attempt(root: str) -> bool:
+    folder = Path(root).parent
     with open(folder / "attempts", "a") as log:
         log.write(f"{os.getpid()}\n")
     try:
@@ -25,7 +26,7 @@ def _first_attempt() -> bool:
 
 def raise_mid_run(*args):
     """The first attempt raises at the third optimizer step of its fine-tuning run."""
-    if not _first_attempt():
+    if not _first_attempt(args[3]):
         return executor._worker(*args)
     real = dynamics.optimizer
 
@@ -52,16 +53,16 @@ def raise_mid_run(*args):
 def die_mid_write(*args):
     """The first attempt's process exits (no clean-up) once the entry's temporary file is written,
     before it is renamed into place."""
-    if _first_attempt():
+    if _first_attempt(args[3]):
         os.replace = lambda src, dst: os._exit(1)
     return executor._worker(*args)
 
 
 def other_code(*args):
-    """A worker whose phantom source differs: its code hashes are those of $PHANTOM_OTHER_CODE."""
+    """A worker whose phantom source differs: its code hashes are those of the folder ``other``."""
     from phantom import runs
     real = runs.code_sha256
-    runs.code_sha256 = lambda kind: real(kind, Path(os.environ["PHANTOM_OTHER_CODE"]))
+    runs.code_sha256 = lambda kind: real(kind, Path(args[3]).parent / "other")
     try:
         return executor._worker(*args)
     finally:

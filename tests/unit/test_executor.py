@@ -296,10 +296,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-def env(**extra) -> dict:
-    return {"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'unit'}", **extra}}
-
-
 @pytest.mark.ray
 def test_the_cluster_binds_only_on_loopback(ray_cluster):
     nodes = ray_cluster.nodes()
@@ -330,9 +326,10 @@ def _one_run(tiny, root) -> tuple[cmp.Campaign, executor.Task]:
     return c, executor.run_task(c, "full", 2e-5, "longing")
 
 
-def _faulty(ray, name: str, retries: int, folder: Path) -> executor.RayExecutor:
+def _faulty(ray, name: str, retries: int = 0) -> executor.RayExecutor:
+    """A Ray executor whose workers run :mod:`ray_faults`' ``name``."""
     import ray_faults
-    ex = executor.RayExecutor(max_retries=retries, runtime_env=env(PHANTOM_FAULT_DIR=str(folder)))
+    ex = executor.RayExecutor(max_retries=retries)
     ex.remote = ray.remote(max_retries=retries, retry_exceptions=True)(getattr(ray_faults, name))
     return ex
 
@@ -347,7 +344,7 @@ def _entries_verify(root: Path) -> None:
 def test_a_failing_task_is_retried_and_stores_nothing_partial(fault, ray_cluster, tiny, tmp_path,
                                                              one_torch_thread):
     c, task = _one_run(tiny, tmp_path / "runs")
-    (done,) = _faulty(ray_cluster, fault, 1, tmp_path).run(c, [task])
+    (done,) = _faulty(ray_cluster, fault, 1).run(c, [task])
     attempts = (tmp_path / "attempts").read_text().split()
     assert done.computed and len(attempts) == 2 and (tmp_path / "first").exists()
     if fault == "die_mid_write":
@@ -366,7 +363,7 @@ def test_a_task_failing_every_attempt_stores_nothing(ray_cluster, tiny, tmp_path
     c, task = _one_run(tiny, tmp_path / "runs")
     before = set((tmp_path / "runs").glob("*/*"))
     with pytest.raises(executor.ExecutorError, match="failed after 0 retries: RuntimeError: injected fault"):
-        list(_faulty(ray_cluster, "raise_mid_run", 0, tmp_path).run(c, [task]))
+        list(_faulty(ray_cluster, "raise_mid_run").run(c, [task]))
     assert {p for p in (tmp_path / "runs").glob("*/*") if p.suffix != ".lock"} == \
         {p for p in before if p.suffix != ".lock"}
 
@@ -378,25 +375,31 @@ def test_a_worker_with_other_code_refuses(ray_cluster, tiny, tmp_path):
     files.write_atomic(other / "dynamics.py", (ROOT / "phantom" / "dynamics.py").read_text() + "\n# changed\n")
     c, task = _one_run(tiny, tmp_path / "runs")
     before = set((tmp_path / "runs").glob("*/*.json"))
-    import ray_faults
-    ex = executor.RayExecutor(runtime_env=env(PHANTOM_OTHER_CODE=str(other)))
-    ex.remote = ray_cluster.remote(ray_faults.other_code)
     with pytest.raises(executor.EnvironmentMismatch) as err:
-        list(ex.run(c, [task]))
+        list(_faulty(ray_cluster, "other_code").run(c, [task]))
     message = str(err.value)
     assert "\n" not in message and "refuses" in message and "code_sha256[trajectory]" in message
     assert "code_sha256[bulk]" not in message and "torch" not in message   # same versions, other code
     assert set((tmp_path / "runs").glob("*/*.json")) == before
 
 
+def _warm_worker() -> int:
+    """Occupy a worker for a second after its first-task imports (fingerprint: peft, transformers)."""
+    executor.fingerprint()
+    time.sleep(1.0)
+    return os.getpid()
+
+
 @pytest.mark.ray
 def test_heavy_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
-    c = cmp.Campaign(tiny[0], cmp.Plan(steps=30, stop="never"), store.RunStore(tmp_path))
+    c = cmp.Campaign(tiny[0], cmp.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
     monkeypatch.setattr(runs, "HEAVY_PARAMS", 0)            # every full fine-tune is heavy (driver side)
     heavy = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
     light = [executor.run_task(c, "lora", lr, "longing") for lr in (1e-4, 2e-4, 3e-4, 4e-4)]
     assert all(t.resources.get("resources") == {executor.HEAVY: 1} for t in heavy)
+    warm = ray_cluster.remote(num_cpus=1)(_warm_worker)
+    assert len(set(ray_cluster.get([warm.remote(), warm.remote()]))) == 2   # two workers, imports done
     done = list(executor.RayExecutor().run(c, [t for pair in zip(heavy, light) for t in pair]))
     assert all(d.computed for d in done)
     spans = sorted((d.start, d.end, d.node) for d in done if d.task in heavy)
@@ -404,4 +407,4 @@ def test_heavy_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeyp
     for (_, end, node), (start, _, other) in zip(spans, spans[1:]):
         assert node != other or end <= start, f"heavy runs overlap: {spans}"
     every = sorted((d.start, d.end) for d in done)
-    assert any(b[0] < a[1] for a, b in zip(every, every[1:])), "no two tasks ever ran at once"
+    assert any(b[0] < a[1] for a, b in zip(every, every[1:])), f"no two tasks ever ran at once: {every}"
