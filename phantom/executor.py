@@ -411,5 +411,7 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
     lock = threading.Lock()
     if not ex.parallel:
         return [compute_campaign(c, ex, progress, lock) for c in campaigns]
+    for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
+        runs.model_info(c.model)
     with ThreadPoolExecutor(max_workers=max(1, len(campaigns))) as pool:
         return list(pool.map(lambda c: compute_campaign(c, ex, progress, lock), campaigns))
