@@ -213,8 +213,8 @@ def check_device(device: str) -> None:
     """Fail with one line unless ``device`` is a torch device usable on this machine."""
     import torch
     try:
-        torch.empty(0, device=torch.device(device))
-    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, …
+        torch.ones(1, device=torch.device(device)).cpu()   # a device that holds data ("meta" does not)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError, …
         raise CliError(f"device {device!r} is not usable: {err}") from None
 
 

@@ -238,7 +238,8 @@ class RayExecutor:
     ----------
     address : str, optional
         Ray cluster address (``"auto"``: the cluster this node belongs to). None starts a
-        private one-node cluster with one :data:`HEAVY` unit, unless Ray is initialised already.
+        private one-node cluster with one :data:`HEAVY` unit (even when this node runs one),
+        unless Ray is initialised already.
     max_retries : int
         Retries of a task that raises or whose worker dies.
     """
@@ -249,7 +250,7 @@ class RayExecutor:
         ray = self.ray = import_ray()
         if not ray.is_initialized():
             if address is None:
-                ray.init(resources={HEAVY: 1}, include_dashboard=False, log_to_driver=False,
+                ray.init(address="local", resources={HEAVY: 1}, include_dashboard=False, log_to_driver=False,
                          logging_level="WARNING")
             else:
                 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
