@@ -409,3 +409,17 @@ def test_heavy_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeyp
         assert node != other or end <= start, f"heavy runs overlap: {spans}"
     every = sorted((d.start, d.end) for d in done)
     assert any(b[0] < a[1] for a, b in zip(every, every[1:])), f"no two tasks ever ran at once: {every}"
+
+
+@pytest.mark.ray
+def test_a_task_no_node_can_run_is_reported_at_once(ray_cluster, tiny, tmp_path):
+    c, task = _one_run(tiny, tmp_path / "runs")
+    ex = executor.RayExecutor()
+    on_gpu = executor.run_task(cmp.Campaign(c.model, c.plan, c.store, device="cuda"), "lora", 1e-3, "longing")
+    huge = dataclasses.replace(task, resources={**task.resources, "memory": 10**15})
+    for bad, needs in [(on_gpu, "GPU: 0.25"), (huge, "memory: 1e+15")]:
+        with pytest.raises(executor.ExecutorError, match="no node of the Ray cluster can run") as err:
+            list(ex.run(c, [task, bad]))
+        assert needs in str(err.value) and "\n" not in str(err.value)
+    assert not list((tmp_path / "runs").glob("*/*.json")) or all(
+        json.loads(p.read_text())["key"]["kind"] == "orientation" for p in (tmp_path / "runs").glob("*/*.json"))
