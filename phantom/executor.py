@@ -40,7 +40,7 @@ HEAVY = "phantom_heavy_ft"      # custom per-node Ray resource: one heavy full f
 INSTALL = "pip install -c requirements/lock.txt -e '.[cluster]'"
 
 # Peak RSS of one task process (resource.getrusage ru_maxrss, 1 torch thread), measured
-# 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32) with /tmp/w12/rss.py-style probes:
+# 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32), one fresh process per figure:
 # "base" is Python with torch, transformers and peft imported; "forward" loads the model and
 # orients a context (orientations, bulk statistics); "blind" is blind_r's step-0 gradients;
 # "full" and "lora" are 3 fine-tuning steps (AdamW's state is allocated at the first).
