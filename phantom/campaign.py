@@ -18,7 +18,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -69,18 +69,22 @@ class Campaign:
         Defaults to the shared store (``$PHANTOM_RUNS``).
     loader : callable, optional
         name → Loaded, called only when a run is missing (default: one model per process).
+    device : str, optional
+        Torch device of its fine-tuning runs (default CPU); part of every run's key.
     """
 
     def __init__(self, model: str, plan: Plan = Plan(), store: RunStore | None = None,
-                 loader=runs.SLOT):
+                 loader=runs.SLOT, device: str = "cpu"):
         self.model, self.plan = model, plan
         self.store = store or RunStore()
         self.loader = loader
+        self.device = device
 
     @classmethod
-    def for_budget(cls, model: str, budget: str, store: RunStore | None = None) -> Campaign:
+    def for_budget(cls, model: str, budget: str, store: RunStore | None = None,
+                   device: str = "cpu") -> Campaign:
         """The campaign of ``model`` under a claims budget (:func:`plan_for`)."""
-        return cls(model, plan_for(budget, runs.model_info(model)), store)
+        return cls(model, plan_for(budget, runs.model_info(model)), store, device=device)
 
     def __repr__(self) -> str:
         return f"Campaign({self.model!r})"
@@ -107,8 +111,8 @@ class Campaign:
     def run(self, mode: str, lr: float, context: str, stop: str | None = None) -> Trajectory:
         """One run through the store (computed once across processes)."""
         return runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps,
-                               stop=self.plan.stop if stop is None else stop, store=self.store,
-                               loader=self.loader)
+                               stop=self.plan.stop if stop is None else stop, device=self.device,
+                               store=self.store, loader=self.loader)
 
     def runs(self, mode: str, lr: float) -> list[Trajectory]:
         """One run per usable context at this LR."""
@@ -260,41 +264,53 @@ def bulk(campaign) -> dict:
     return runs.bulk(campaign.model, store=campaign.store, loader=campaign.loader)
 
 
-def flip_fraction(campaign, lr: float) -> float:
+Prefetch = Callable[[list[tuple[str, float, str, str]]], None]
+"""Computes the store entries of runs ``(mode, lr, context, stop)``, e.g. in parallel."""
+
+
+def flip_fraction(campaign, lr: float, prefetch: Prefetch | None = None) -> float:
     """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
 
-    Contexts are run one by one (each run stops at its flip) until the ≥ ½ decision of
-    SPEC §5 is certain; the returned fraction counts unrun contexts as not flipping, so it
-    is exact about that decision (a lower bound on the full fraction).
+    Contexts are run in order (each run stops at its flip) until the ≥ ½ decision of SPEC §5
+    is certain; the returned fraction counts unrun contexts as not flipping, so it is exact
+    about that decision (a lower bound on the full fraction). They are taken in waves of the
+    fewest further contexts that cannot decide before the wave's end, so a wave holds only
+    runs that a one-by-one scan makes too; ``prefetch`` (optional) computes each wave's runs
+    before they are read, e.g. in parallel, without changing which runs are made.
     """
     usable = campaign.usable
     need = math.ceil(len(usable) * CRITICAL_FRACTION)
-    flips = 0
-    for done, context in enumerate(usable, start=1):
-        flips += _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
-        if flips >= need or done - flips > len(usable) - need:
-            break
+    flips = fails = 0
+    while flips < need and fails <= len(usable) - need:
+        done = flips + fails
+        wave = usable[done:done + min(need - flips, len(usable) - need + 1 - fails)]
+        if prefetch is not None:
+            prefetch([("full", lr, context, "born_flip") for context in wave])
+        for context in wave:
+            flipped = _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
+            flips, fails = flips + flipped, fails + (not flipped)
     return flips / len(usable)
 
 
-def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL) -> laws.CriticalLR:
+def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL, prefetch: Prefetch | None = None) -> laws.CriticalLR:
     """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
 
     The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
-    the first success); every other probe runs the contexts with ``stop="born_flip"``.
+    the first success); every other probe runs the contexts with ``stop="born_flip"``
+    (:func:`flip_fraction`, whose waves ``prefetch`` computes first, e.g. in parallel).
     """
     grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
 
     def fraction(lr: float) -> float:
         if lr in grid:
             return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
-        return flip_fraction(campaign, lr)
+        return flip_fraction(campaign, lr, prefetch)
 
     def compute() -> dict:
         return dataclasses.asdict(laws.critical_lr(fraction, grid, rtol=rtol))
 
     key = runs.key("critical_lr", campaign.model, grid=grid, steps=campaign.plan.steps, stop=campaign.plan.stop,
-                   rtol=rtol, contexts=campaign.usable)
+                   rtol=rtol, contexts=campaign.usable, device=runs.device_type(campaign.device))
     d = campaign.store.get_or_compute(key, compute)
     return laws.CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
                       tuple(map(tuple, d["probes"])), d["converged"])

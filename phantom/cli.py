@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -26,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from . import campaign, contexts, dynamics, files, progress, runs, store, zoo
+from . import campaign, contexts, dynamics, executor, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -239,14 +240,13 @@ def write_json_atomic(path: Path, obj) -> None:
     files.write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
-def check_device(device: str, no_store: bool) -> None:
+def check_device(device: str) -> None:
+    """Fail with one line unless ``device`` is a torch device usable on this machine."""
     import torch
     try:
         torch.ones(1, device=torch.device(device)).cpu()   # a device that holds data ("meta" does not)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError, …
         raise CliError(f"device {device!r} is not usable: {err}") from None
-    if torch.device(device).type != "cpu" and not no_store:
-        raise CliError(f"--device {device} needs --no-store: the run store holds CPU runs only")
 
 
 def configure_run(p: argparse.ArgumentParser) -> None:
@@ -273,7 +273,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                         "the embedding check under LoRA only, as the claim suite records them "
                         "(default: %(default)s)")
     p.add_argument("--device", default="cpu",
-                   help="torch device of the run (a non-cpu device needs --no-store) "
+                   help="torch device of the run; the run store keeps runs of each device type apart "
                         "(default: %(default)s)")
 
 
@@ -283,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     clock = _Clock()
     context = contexts.get(args.context)
-    check_device(args.device, args.no_store)
+    check_device(args.device)
     zoo.check_name(args.model)
     if args.model in zoo.OFFLINE:
         zoo.check_cache()
@@ -306,11 +306,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         loader = _Loader(clock)
         clock(f"orienting {context.id!r} …")
         runs.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
-        clock(f"{what}, unless already in the run store …")
+        clock(f"{what} on {args.device}, unless already in the run store …")
         before = loader.calls
         with progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps")):
             traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                                   seed=args.seed, observables=args.observables, loader=loader)
+                                   seed=args.seed, observables=args.observables, device=args.device,
+                                   loader=loader)
         source = "run store (computed now)" if loader.calls > before else "run store (cached)"
     if source == "run store (cached)":
         clock("done: from store")
@@ -512,6 +513,80 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- `campaign` -----------------------------------------------------------------------
+
+def configure_campaign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None,
+                   help="comma-separated zoo names, hub ids or local dirs (default: the claim suite's "
+                        "offline zoo under --budget)")
+    p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
+                   help="which runs each model gets, as in the claim suite (default: %(default)s)")
+    p.add_argument("--executor", default="local", choices=executor.EXECUTORS,
+                   help="local: one run after another in this process; ray: Ray tasks on a cluster "
+                        f"(needs the optional extra: {executor.INSTALL}) (default: %(default)s)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address, e.g. auto or HOST:6379 (only with --executor ray; "
+                        "default: a private one-node cluster)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch device of the fine-tuning runs (default: %(default)s)")
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 \
+        else f"{s}s"
+
+
+def progress_line(p: executor.Progress, width: int = 20) -> str:
+    """One model's progress: bar, runs done/planned, computed vs cached, stage, time and ETA."""
+    filled = round(width * p.done / p.planned) if p.planned else 0
+    eta = f", ETA {_duration(p.eta_s)}" if p.eta_s is not None and not p.finished else ""
+    return (f"{p.model}  [{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.planned} runs "
+            f"({p.computed} computed, {p.cached} cached)  {p.stage}  {_duration(p.elapsed_s)}{eta}")
+
+
+class ProgressDisplay:
+    """On a terminal, one line per model redrawn in place; in pipes and CI, one line per model
+    when it is done."""
+
+    def __init__(self, stream, live: bool):
+        self.stream, self.live, self.lines, self.drawn = stream, live, {}, 0
+
+    def __call__(self, p: executor.Progress) -> None:
+        if not self.live:
+            if p.finished:
+                print(progress_line(p), file=self.stream, flush=True)
+            return
+        import shutil
+        self.lines[p.model] = progress_line(p)[:shutil.get_terminal_size().columns - 1]
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in self.lines.values()))
+        self.stream.flush()
+        self.drawn = len(self.lines)
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    clock = _Clock()
+    models = campaign.select_models(args.models, "offline", args.budget)
+    for m in models:
+        zoo.check_name(m)
+    if args.address is not None and args.executor != "ray":
+        raise CliError(f"--address {args.address} needs --executor ray")
+    if args.executor == "local":
+        check_device(args.device)   # ray: each worker's device is its own
+    else:
+        executor.import_ray()       # fail now, with the install command, if Ray is missing
+    where = "this process" if args.executor == "local" else f"Ray ({args.address or 'a private cluster'})"
+    clock(f"campaign of {', '.join(models)} (budget {args.budget}) on {where}, device {args.device}; "
+          f"run store {store.default_root()} …")
+    campaigns = [campaign.Campaign.for_budget(m, args.budget, device=args.device) for m in models]
+    live = progress.wanted(sys.stdout)
+    done = executor.compute(campaigns, args.executor, args.address, ProgressDisplay(sys.stdout, live))
+    clock(f"done: {sum(p.computed for p in done)} runs computed, {sum(p.cached for p in done)} "
+          "already in the store")
+    return 0
+
+
 # --- the command table ----------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -563,6 +638,20 @@ COMMANDS: dict[str, Command] = {
         configure=configure_predict,
         handler=cmd_predict,
     ),
+    "campaign": Command(
+        help="compute a claims session's runs into the run store, here or on a Ray cluster",
+        description="Computes every run-store entry a claims session reads: the orientations, the\n"
+                    "planned full-FT and LoRA runs, the bulk and blind statistics and the critical-LR\n"
+                    "bisection of each model under --budget. `pytest tests/claims` then reads a warm\n"
+                    "store. --executor ray spreads the runs over a Ray cluster (README: Run on a\n"
+                    "cluster); the entries, and so the verdicts, are those of the local executor.\n"
+                    "Progress: one live line per model on a terminal, one line per finished model\n"
+                    "in pipes and CI.",
+        epilog="examples:\n  python -m phantom campaign --budget quick\n"
+               "  python -m phantom campaign --models smollm2-135m,gemma3-270m --executor ray --address auto",
+        configure=configure_campaign,
+        handler=cmd_campaign,
+    ),
 }
 
 
@@ -595,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _warning
             status = args.handler(args)
             return status
-    except (CliError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable, ValueError,
-            files.UnusablePath) as err:
+    except (CliError, executor.ExecutorError, zoo.UnknownModel, zoo.MissingModelPackage, contexts.ContextUnusable,
+            ValueError, files.UnusablePath) as err:
         _error(str(err))
         return 1
     except OSError as err:   # any other file-system fault (disk full, I/O error): one line too

@@ -60,6 +60,13 @@ def pytest_addoption(parser):
     group.addoption("--budget", default="standard", choices=cmp.BUDGETS,
                     help="quick: SmolLM2 only; standard: SmolLM2 + Gemma-3; full: the SPEC protocol "
                          "on every model (Qwen included offline)")
+    group.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="torch device of the fine-tuning runs; CUDA runs are stored apart (default: cpu)")
+    group.addoption("--executor", default="local", choices=("local", "ray"),
+                    help="ray: compute the session's runs on a Ray cluster first (phantom campaign), "
+                         "then judge the claims from the warm store (default: local, in the test items)")
+    group.addoption("--address", default=None, help="Ray cluster address for --executor ray (default: a "
+                    "private one-node cluster)")
     group.addoption("--claims-md", default=None,
                     help="where to write the verdict table (default: CLAIMS.md in the rootdir)")
     group.addoption("--verdicts", default=None, help="where to write the machine-readable verdicts, which "
@@ -100,6 +107,7 @@ class ClaimsSession:
         self.models = cmp.select_models(config.getoption("--models"), config.getoption("--zoo"),
                                         config.getoption("--budget"))
         self.budget = config.getoption("--budget")
+        self.device = config.getoption("--device")
         self.expected = read_expected(_path(config, "--expected", EXPECTED))
         self.store = RunStore()
         self.start = time.time()
@@ -109,7 +117,7 @@ class ClaimsSession:
 
     def campaign(self, model: str) -> cmp.Campaign:
         if model not in self._campaigns:
-            self._campaigns[model] = cmp.Campaign.for_budget(model, self.budget, self.store)
+            self._campaigns[model] = cmp.Campaign.for_budget(model, self.budget, self.store, device=self.device)
         return self._campaigns[model]
 
     def zoo(self) -> list[cmp.Campaign]:
@@ -142,6 +150,15 @@ class ClaimsSession:
                 for m in self.models for r in self.campaign(m).planned()])
         if "bisected_model" in metafunc.fixturenames:
             metafunc.parametrize("bisected_model", [m for m in self.models if self.campaign(m).plan.eta_c])
+
+    def pytest_sessionstart(self, session):
+        """With ``--executor ray``, the controller computes every entry of the session first."""
+        if self.config.getoption("--executor") == "ray" and not hasattr(self.config, "workerinput"):
+            from . import executor   # Ray: an optional extra
+            try:
+                executor.compute(self.zoo(), "ray", self.config.getoption("--address"))
+            except executor.ExecutorError as err:
+                raise pytest.UsageError(str(err)) from None
 
     def pytest_runtest_logreport(self, report):
         """Controller side: every report, including those relayed from xdist workers."""

@@ -100,9 +100,13 @@ class ModelSlot:
 
     def __call__(self, name: str) -> zoo.Loaded:
         if name != self.name:
-            self.name, self.loaded = None, None   # free the old model before loading the next
+            self.release()   # free the old model before loading the next
             self.loaded, self.name = zoo.load(name), name
         return self.loaded
+
+    def release(self) -> None:
+        """Drop the loaded model (its memory is freed once nothing else holds it)."""
+        self.name, self.loaded = None, None
 
 
 SLOT = ModelSlot()
@@ -119,6 +123,15 @@ def model_info(model: str) -> zoo.ModelInfo:
 def weights_sha256(model: str) -> str:
     """The model's weights hash (SPEC §7: recorded with every result and in every key)."""
     return model_info(model).weights_sha256
+
+
+def device_type(device: str) -> str:
+    """``"cuda:1"`` → ``"cuda"``: the part of a torch device that can change a run's numbers."""
+    import torch
+    try:
+        return torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"not a torch device: {device!r} ({err})") from None
 
 
 def _context_fields(context: contexts.Context) -> dict:
@@ -165,8 +178,8 @@ def _trajectory_check(**expected) -> Callable[[dict], None]:
 
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
-               seed: int = SEED, stop: str = "never", observables: str = "claims", store: RunStore | None = None,
-               loader: Callable = SLOT) -> Trajectory:
+               seed: int = SEED, stop: str = "never", observables: str = "claims", device: str = "cpu",
+               store: RunStore | None = None, loader: Callable = SLOT, heavy_lock: bool = True) -> Trajectory:
     """A run from the store, computed (once across all processes) on a miss (SPEC §4).
 
     The key holds the observable set; a request for ``"claims"`` is served by an ``"all"``
@@ -177,8 +190,13 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     model : str
         Zoo name, local directory or hub id (loaded through ``loader`` only on a miss).
     context : phantom.contexts.Context or str
-    mode, lr, steps, seed, stop, observables
-        As :func:`phantom.dynamics.run`.
+    mode, lr, steps, seed, stop, observables, device
+        As :func:`phantom.dynamics.run`. The key holds the device type and the dtype (float32),
+        so a CUDA run is cached apart from the CPU one and never served for it.
+    heavy_lock : bool
+        Full FT of a model above :data:`HEAVY_PARAMS` takes the machine-wide lock file in the
+        store root (default). A scheduler that already allows one such run per node (the Ray
+        executor's ``phantom_heavy_ft`` resource) passes False.
     """
     lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed, observables)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
@@ -188,7 +206,7 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     def run_key(obs: str) -> dict:
         return key("trajectory", model, context=_context_fields(context), orientation=[pair.g_word, pair.c_word],
                    mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop, observables=obs,
-                   protocol_version=dynamics.PROTOCOL_VERSION)
+                   device=device_type(device), dtype="float32", protocol_version=dynamics.PROTOCOL_VERSION)
 
     check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
     if observables != "all" and (wider := store.get(run_key("all"), check)) is not None:
@@ -196,11 +214,11 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
 
     def compute() -> dict:
         loaded = loader(model)
-        heavy = mode == "full" and loaded.info.n_params > HEAVY_PARAMS
+        heavy = heavy_lock and mode == "full" and loaded.info.n_params > HEAVY_PARAMS
         with exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
                             f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") if heavy else nullcontext():
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
-                                stop=stop, observables=observables)
+                                stop=stop, observables=observables, device=device)
         return traj.to_dict()
 
     return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute, check))

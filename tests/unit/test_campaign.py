@@ -203,7 +203,7 @@ class FakeRuns:
             raise contexts.ContextUnusable(f"' {context.pair[0]}' is not a single token")
         return contexts.Pair(g_id=1, c_id=2, g_word=context.pair[0], c_word=context.pair[1], p_g0=0.1, p_c0=0.2)
 
-    def trajectory(self, model, context, *, mode, lr, steps, stop, store, loader, seed=0):
+    def trajectory(self, model, context, *, mode, lr, steps, stop, store, loader, seed=0, device="cpu"):
         assert isinstance(context, str) and context not in self.unusable
         self.trajectory_calls.append({"model": model, "context": context, "mode": mode, "lr": lr,
                                       "steps": steps, "stop": stop, "store": store, "loader": loader})

@@ -72,7 +72,7 @@ class FakeCampaign:
     """Campaign look-alike serving ``make(mode, lr, context, stop)``; records every run asked."""
 
     def __init__(self, root, make, *, model="fake-model", plan=Plan(), usable=CONTEXTS, loader=refuse_load):
-        self.model, self.plan, self.loader = model, plan, loader
+        self.model, self.plan, self.loader, self.device = model, plan, loader, "cpu"
         self.store = store.RunStore(root)
         self.usable = list(usable)
         self.orientations = {c: pair(c) for c in self.usable}

@@ -1,0 +1,418 @@
+"""Executors: compute a claims session's run-store entries in this process or on a Ray cluster.
+
+A campaign's work is a list of :class:`Task` — ``(model, kind, args, resources)``, one
+cached computation of :mod:`phantom.runs` each — run by an executor into the run store:
+
+- :class:`LocalExecutor` runs them one after another in this process, costliest first
+  (:meth:`phantom.campaign.Campaign.planned`): what ``pytest tests/claims`` does on a cold store.
+- :class:`RayExecutor` submits them as plain Ray tasks. Each asks for ``num_cpus``, the
+  ``memory`` of its measured peak RSS (:data:`PEAK_RSS`), ``num_gpus`` on CUDA (a fraction
+  for LoRA) and, for full fine-tuning above :data:`phantom.runs.HEAVY_PARAMS`, one unit of
+  the per-node resource :data:`HEAVY` (instead of the store's lock file, which on shared
+  storage would serialise the whole cluster). A worker refuses, in one line, to compute for
+  a driver whose environment fingerprint differs (its keys would silently differ); a task
+  that raises or dies is retried, and the store's atomic writes leave no partial entry.
+
+The critical-LR bisection runs on the driver (:func:`phantom.campaign.critical_lr_of`),
+each probe's contexts computed in parallel through its ``prefetch``; it writes the entries
+the local executor writes. The store must be one POSIX directory at the same path on every
+node (``flock`` and ``os.replace`` are atomic on NFS).
+
+``compute(campaigns, executor="local" | "ray", address=None, progress=None)`` is the API.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+from . import campaign as cmp
+from . import contexts, runs, zoo
+from .store import RunStore
+
+EXECUTORS = ("local", "ray")
+HEAVY = "phantom_heavy_ft"      # custom per-node Ray resource: one heavy full fine-tune at a time
+INSTALL = "pip install -c requirements/lock.txt -e '.[cluster]'"
+
+# Peak RSS of one task process (resource.getrusage ru_maxrss, 1 torch thread), measured
+# 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32), one fresh process per figure:
+# "base" is Python with torch, transformers and peft imported; "forward" loads the model and
+# orients a context (orientations, bulk statistics); "blind" is blind_r's step-0 gradients;
+# "full" and "lora" are 3 fine-tuning steps (AdamW's state is allocated at the first).
+# Other models are estimated from their parameter count, not measured:
+# base + (SmolLM2's figure − base) × n_params / 134.5M — e.g. full FT of Qwen2.5-0.5B
+# (630M parameters, untied) ≈ 15.5 GB, near the ≈ 14 GB observed there.
+# The request is the estimate itself: Ray's `memory` resource (70% of RAM by default) already
+# leaves the rest of the node's memory free.
+SMOLLM2_PARAMS = 134_515_008
+PEAK_RSS = {"base": 361_164_800, "forward": 1_062_260_736, "blind": 3_250_573_312,
+            "full": 3_592_261_632, "lora": 1_856_962_560}
+GPU_SHARE = {"full": 1.0, "lora": 0.25}   # num_gpus of a run with --device cuda
+
+
+class ExecutorError(Exception):
+    """A task failed after its retries, or the cluster cannot run it (one-line message)."""
+
+
+class EnvironmentMismatch(ExecutorError):
+    """A worker's environment fingerprint differs from the driver's: it refused to compute."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cached computation of :mod:`phantom.runs` (one or more run-store entries)."""
+
+    model: str
+    kind: str          # "orientations", "bulk", "blind_r" or "trajectory"
+    args: dict         # the kind's arguments (context, mode, lr, steps, stop, device)
+    resources: dict    # the Ray resource request: num_cpus, memory, num_gpus, resources
+
+    def __str__(self) -> str:
+        return " ".join([self.kind, self.model, *(f"{k}={v}" for k, v in self.args.items())])
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished task: whether it computed anything, when and where it ran."""
+
+    task: Task
+    computed: bool     # False: every entry was already in the store
+    start: float       # time.time() on the machine that ran it
+    end: float
+    node: str          # Ray node id, or "local"
+    pid: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One model's progress, handed to the ``progress`` callback of :func:`compute`."""
+
+    model: str
+    stage: str          # what runs now: "orientations", "runs", "η_c bisection", "done"
+    done: int           # fine-tuning runs finished (computed or found in the store)
+    planned: int        # runs planned so far (each bisection probe adds its contexts)
+    computed: int
+    cached: int
+    elapsed_s: float
+    eta_s: float | None  # remaining planned runs at the rate so far; None before the first
+    finished: bool
+
+
+# --- environment fingerprint -------------------------------------------------------------
+
+def fingerprint() -> dict[str, str]:
+    """What must agree between driver and workers for their keys to agree: versions and code."""
+    return {**runs.versions(), **{f"code_sha256[{k}]": runs.code_sha256(k) for k in runs.SOURCES}}
+
+
+def differences(driver: dict[str, str], worker: dict[str, str]) -> str:
+    """``"torch 2.13.0 (driver) ≠ 2.12.0 (worker); …"``, or "" when they agree."""
+    return "; ".join(f"{k} {driver.get(k)} (driver) ≠ {worker.get(k)} (worker)"
+                     for k in sorted(set(driver) | set(worker)) if driver.get(k) != worker.get(k))
+
+
+# --- resources -----------------------------------------------------------------------------
+
+def peak_rss(n_params: int, work: str) -> int:
+    """Estimated peak RSS (bytes) of one task process of ``work`` on a model (:data:`PEAK_RSS`)."""
+    base = PEAK_RSS["base"]
+    return int(base + (PEAK_RSS[work] - base) * n_params / SMOLLM2_PARAMS)
+
+
+def resources(info: zoo.ModelInfo, kind: str, mode: str | None = None, device: str = "cpu") -> dict:
+    """The Ray resource request of a task of ``kind`` (and ``mode``) on the model ``info``."""
+    work = {"orientations": "forward", "bulk": "forward", "blind_r": "blind", "trajectory": mode}[kind]
+    request = {"num_cpus": 1, "memory": peak_rss(info.n_params, work)}
+    if kind == "trajectory" and runs.device_type(device) != "cpu":
+        request["num_gpus"] = GPU_SHARE[mode]
+    if kind == "trajectory" and mode == "full" and info.n_params > runs.HEAVY_PARAMS:
+        request["resources"] = {HEAVY: 1}
+    return request
+
+
+# --- tasks of a campaign -------------------------------------------------------------------
+
+def _task(c: cmp.Campaign, kind: str, **args) -> Task:
+    return Task(c.model, kind, args, resources(runs.model_info(c.model), kind, args.get("mode"), c.device))
+
+
+def orientations_task(c: cmp.Campaign) -> Task:
+    """The task of every context's orientation on the campaign's model."""
+    return _task(c, "orientations")
+
+
+def run_task(c: cmp.Campaign, mode: str, lr: float, context: str, stop: str | None = None) -> Task:
+    """The task of one fine-tuning run of a campaign (its plan's steps and stop policy)."""
+    return _task(c, "trajectory", context=context, mode=mode, lr=lr, steps=c.plan.steps,
+                 stop=c.plan.stop if stop is None else stop, device=c.device)
+
+
+def statistic_tasks(c: cmp.Campaign) -> list[Task]:
+    """Bulk statistics, and the step-0 blind ``r`` of each usable context when the plan has η_c."""
+    return [_task(c, "bulk")] + ([_task(c, "blind_r", context=u) for u in c.usable] if c.plan.eta_c else [])
+
+
+def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, heavy_lock: bool = True) -> None:
+    """Compute ``task``'s entries into ``store`` (nothing when they are there already)."""
+    a = task.args
+    if task.kind == "orientations":
+        for context in contexts.CONTEXTS:
+            with suppress(contexts.ContextUnusable):   # cached as unusable, like Campaign.orientations
+                runs.orientation(task.model, context, store=store, loader=loader)
+    elif task.kind == "bulk":
+        runs.bulk(task.model, store=store, loader=loader)
+    elif task.kind == "blind_r":
+        pair = runs.orientation(task.model, a["context"], store=store, loader=loader)
+        runs.blind_r(task.model, a["context"], pair, store=store, loader=loader)
+    elif task.kind == "trajectory":
+        runs.trajectory(task.model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
+                        device=a["device"], store=store, loader=loader, heavy_lock=heavy_lock)
+    else:
+        raise ValueError(f"unknown task kind {task.kind!r}")
+
+
+# --- executors -----------------------------------------------------------------------------
+
+class LocalExecutor:
+    """Runs tasks one after another in this process, in the order given."""
+
+    parallel = False
+
+    def run(self, c: cmp.Campaign, tasks: Sequence[Task]) -> Iterator[Done]:
+        for task in tasks:
+            before, start = len(c.store.computed), time.time()
+            execute(task, c.store, c.loader)
+            yield Done(task, len(c.store.computed) > before, start, time.time(), "local", os.getpid())
+
+
+def import_ray():
+    """The ``ray`` module, or :class:`ExecutorError` naming the install command."""
+    try:
+        import ray
+    except ImportError:
+        raise ExecutorError(f"the ray executor needs Ray, an optional extra: {INSTALL}") from None
+    return ray
+
+
+def _worker(task: Task, driver: dict[str, str], weights_sha256: str, root: str) -> dict:
+    """A Ray task: check the environment, set torch threads, compute ``task`` into the store."""
+    import ray
+    import torch
+
+    where = f"worker {socket.gethostname()} (pid {os.getpid()})"
+    diff = differences(driver, fingerprint())
+    if diff:
+        return {"refused": f"{where} refuses: its environment differs from the driver's: {diff}"}
+    if not os.path.isdir(root):
+        return {"refused": f"{where} refuses: no run store at {root}; mount the shared store at the "
+                           "same path on every node"}
+    if runs.weights_sha256(task.model) != weights_sha256:
+        return {"refused": f"{where} refuses: its weights of {task.model} have sha256 "
+                           f"{runs.weights_sha256(task.model)}, the driver's {weights_sha256}"}
+    context = ray.get_runtime_context()
+    torch.set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))
+    store, start = RunStore(root), time.time()
+    try:
+        execute(task, store, heavy_lock=False)   # the HEAVY resource allows one heavy run per node
+    finally:
+        runs.SLOT.release()   # an idle worker holds no model: `memory` counts running tasks only
+    return {"computed": bool(store.computed), "start": start, "end": time.time(),
+            "node": context.get_node_id(), "pid": os.getpid()}
+
+
+def _one_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err   # RayTaskError wraps the worker's exception
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return f"{type(cause).__name__}: {text[:300]}"
+
+
+class RayExecutor:
+    """Submits tasks as plain Ray tasks and yields them as they finish.
+
+    Parameters
+    ----------
+    address : str, optional
+        Ray cluster address (``"auto"``: the cluster this node belongs to). None starts a
+        private one-node cluster with one :data:`HEAVY` unit (even when this node runs one),
+        unless Ray is initialised already.
+    max_retries : int
+        Retries of a task that raises or whose worker dies.
+    """
+
+    parallel = True
+
+    def __init__(self, address: str | None = None, *, max_retries: int = 2):
+        ray = self.ray = import_ray()
+        if not ray.is_initialized():
+            if address is None:
+                ray.init(address="local", resources={HEAVY: 1}, include_dashboard=False, log_to_driver=False,
+                         logging_level="WARNING")
+            else:
+                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        self.max_retries = max_retries
+        self.remote = ray.remote(max_retries=max_retries, retry_exceptions=True)(_worker)
+        self.fingerprint = fingerprint()
+
+    def check_feasible(self, tasks: Iterable[Task]) -> None:
+        """Raise :class:`ExecutorError` when no live node can ever run one of ``tasks``."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n["Alive"]]
+        for task in tasks:
+            need = {"CPU": task.resources["num_cpus"], "memory": task.resources["memory"],
+                    "GPU": task.resources.get("num_gpus", 0), **task.resources.get("resources", {})}
+            if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+                have = ", ".join(f"{k}: {max((n.get(k, 0) for n in nodes), default=0):g}" for k in need)
+                hint = f"; start each node with --resources '{{\"{HEAVY}\": 1}}'" if HEAVY in need else ""
+                raise ExecutorError(f"no node of the Ray cluster can run {task}: it needs "
+                                    f"{', '.join(f'{k}: {v:g}' for k, v in need.items())}, the largest "
+                                    f"node offers {have}{hint}")
+
+    def run(self, c: cmp.Campaign, tasks: Sequence[Task]) -> Iterator[Done]:
+        ray = self.ray
+        self.check_feasible(tasks)
+        c.store.root.mkdir(parents=True, exist_ok=True)
+        weights = runs.weights_sha256(c.model)
+        refs = {self.remote.options(**task.resources).remote(task, self.fingerprint, weights, str(c.store.root)): task
+                for task in tasks}
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                task = refs[ready[0]]
+                try:
+                    out = ray.get(ready[0])
+                except ray.exceptions.RayError as err:
+                    raise ExecutorError(f"{task} failed after {self.max_retries} retries: "
+                                        f"{_one_line(err)}") from None
+                if "refused" in out:
+                    raise EnvironmentMismatch(out["refused"])
+                yield Done(task, out["computed"], out["start"], out["end"], out["node"], out["pid"])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+
+def make_executor(name: str, address: str | None = None, **options) -> LocalExecutor | RayExecutor:
+    """``"local"`` or ``"ray"`` (``address`` and ``options`` go to :class:`RayExecutor`)."""
+    if name not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise ValueError(f"--address {address} needs the ray executor")
+        return LocalExecutor()
+    return RayExecutor(address, **options)
+
+
+# --- the session's computation ---------------------------------------------------------------
+
+class _Tracker:
+    """Counts one model's runs and reports them (thread-safe across models)."""
+
+    def __init__(self, model: str, report: Callable[[Progress], None] | None, lock: threading.Lock):
+        self.model, self.report, self.lock = model, report, lock
+        self.start, self.first = time.time(), None
+        self.stage, self.planned, self.computed, self.cached = "orientations", 0, 0, 0
+        self.send()
+
+    def progress(self, finished: bool = False) -> Progress:
+        done, now = self.computed + self.cached, time.time()
+        eta = None
+        if self.computed and self.first is not None:
+            eta = (now - self.first) / self.computed * (self.planned - done)
+        return Progress(self.model, self.stage, done, self.planned, self.computed, self.cached,
+                        now - self.start, eta, finished)
+
+    def send(self, finished: bool = False) -> None:
+        if self.report is not None:
+            with self.lock:
+                self.report(self.progress(finished))
+
+    def begin(self, stage: str, runs_planned: int = 0) -> None:
+        self.stage, self.planned = stage, self.planned + runs_planned
+        self.first = self.first or (time.time() if runs_planned else None)
+        self.send()
+
+    def finished(self, done: Done) -> None:
+        if done.task.kind == "trajectory":
+            self.computed += done.computed
+            self.cached += not done.computed
+            self.send()
+
+
+def _refuse(model: str):
+    raise ExecutorError(f"the driver would load {model} to compute an entry the workers computed: "
+                        "their keys differ from the driver's")
+
+
+def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
+                     report: Callable[[Progress], None] | None = None,
+                     lock: threading.Lock | None = None) -> Progress:
+    """Every entry a claims session reads of one campaign: orientations, planned runs, bulk and
+    blind statistics, the η_c bisection (on this process, each probe's contexts in parallel)."""
+    track = _Tracker(c.model, report, lock or threading.Lock())
+    if executor.parallel:   # this process never fine-tunes: workers compute every entry
+        c = cmp.Campaign(c.model, c.plan, c.store, loader=_refuse, device=c.device)
+
+    def run(tasks: list[Task]) -> None:
+        for done in executor.run(c, tasks):
+            track.finished(done)
+
+    run([orientations_task(c)])
+    planned = [run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
+    track.begin("runs", len(planned))
+    run(planned + statistic_tasks(c))
+    if c.plan.eta_c:
+        track.begin("η_c bisection")
+
+        def prefetch(specs: list[tuple[str, float, str, str]]) -> None:
+            track.begin("η_c bisection", len(specs))
+            run([run_task(c, *spec) for spec in specs])
+
+        cmp.critical_lr_of(c, prefetch=prefetch)
+    track.stage = "done"
+    track.send(finished=True)
+    return track.progress(finished=True)
+
+
+def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address: str | None = None,
+            progress: Callable[[Progress], None] | None = None, **options) -> list[Progress]:
+    """Compute every run-store entry a claims session reads of ``campaigns``.
+
+    Parameters
+    ----------
+    campaigns : sequence of Campaign
+        Their stores, plans and devices say what to compute (``Campaign.for_budget``).
+    executor : {"local", "ray"}
+        ``local``: one model after another in this process. ``ray``: every model at once, on
+        the Ray cluster at ``address`` (see :class:`RayExecutor`).
+    address : str, optional
+        Ray address (``"auto"``); only with ``executor="ray"``.
+    progress : callable, optional
+        Called with a :class:`Progress` whenever a model's counts change (from several
+        threads with ``ray``, never two calls at once).
+    **options
+        ``max_retries`` of :class:`RayExecutor`.
+
+    Returns
+    -------
+    list of Progress
+        Each model's final counts, in the order of ``campaigns``.
+
+    Raises
+    ------
+    ExecutorError
+        Ray missing, a task failing after its retries, a task no node can run, or a worker
+        refusing (:class:`EnvironmentMismatch`).
+    """
+    ex = make_executor(executor, address, **options)
+    lock = threading.Lock()
+    if not ex.parallel:
+        return [compute_campaign(c, ex, progress, lock) for c in campaigns]
+    for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
+        runs.model_info(c.model)
+    with ThreadPoolExecutor(max_workers=max(1, len(campaigns))) as pool:
+        return list(pool.map(lambda c: compute_campaign(c, ex, progress, lock), campaigns))

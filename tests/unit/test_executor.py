@@ -1,0 +1,425 @@
+"""Unit tests of phantom.executor and `phantom campaign`, on tiny local models.
+
+Tests marked ``ray`` share one local Ray cluster (2 CPUs, 100 MB object store, every server
+bound to 127.0.0.1), started once per session. xdist workers would each start one, so there
+they skip with the command to run them: ``pytest tests/unit -m ray -p no:xdist``. Ray
+missing is an error, not a skip.
+"""
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tiny_models
+from phantom import campaign as cmp
+from phantom import claims, cli, executor, files, runs, store, zoo
+
+ROOT = Path(__file__).resolve().parents[2]
+# Small enough for seconds per model, large enough for saturation fits and an η_c bisection.
+PLAN = cmp.Plan(sweep=(2e-5, 2e-4), extended=(5e-6,), lora=(1e-3,), steps=6)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> list[str]:
+    """Two tiny models (untied Llama, tied GPT-2) as local directories."""
+    folder = tmp_path_factory.mktemp("tiny")
+    return [str(tiny_models.build_tiny(arch, folder / arch)) for arch in ("llama", "gpt2")]
+
+
+@pytest.fixture(scope="module")
+def local(tiny, tmp_path_factory, one_torch_thread):
+    """Both tiny campaigns computed by the local executor: (store root, progress events, results)."""
+    root, events = tmp_path_factory.mktemp("local"), []
+    done = executor.compute([cmp.Campaign(m, PLAN, store.RunStore(root)) for m in tiny], "local",
+                            progress=events.append)
+    return root, events, done
+
+
+def refuse(model):
+    raise AssertionError(f"{model} was loaded: the store lacks an entry")
+
+
+def reader(models, root) -> list[cmp.Campaign]:
+    """Campaigns over a store that must hold everything: they never load a model."""
+    return [cmp.Campaign(m, PLAN, store.RunStore(root), loader=refuse) for m in models]
+
+
+def payloads(root: Path) -> dict[str, str]:
+    """key sha256 → canonical payload of every entry, the run's own wall time left out."""
+    out = {}
+    for path in sorted(root.glob("*/*.json")):
+        record = json.loads(path.read_text())
+        payload = record["payload"]
+        payload.get("meta", {}).pop("wall_s", None)   # dynamics.run's timing: the one varying field
+        out[record["key_sha256"]] = json.dumps(payload, sort_keys=True)
+    return out
+
+
+def verdicts(campaigns) -> list[str]:
+    """Every claim verdict the claim suite reaches on these campaigns (as text)."""
+    out = []
+    for c in campaigns:
+        b = cmp.bulk(c)
+        out += [claims.c1_silent_failure(c.model, c.sweep()), claims.c2_decomposition(c.model, c.all_runs()),
+                claims.c3_jumps_full(c.model, c.reference()), claims.c4_lora_frozen(c.model, c.lora_runs()),
+                claims.c5_jumps_lora(c.model, c.lora_reference()),
+                claims.c5b_smooth_lora(c.model, c.lora_reference()), claims.c6_readout(c.model, c.sweep()),
+                claims.c8_sweep_separation(c.model, c.sweep()), claims.c10_two_classes(c.model, b["g2mean"],
+                                                                                      b["kind"])]
+    out += [claims.c7_failure_modes({c.model: c.sweep() for c in campaigns}),
+            claims.c9_h_consistency({c.model: h for c in campaigns if (h := cmp.reduced_field_of(c)[1])}),
+            claims.c11_lora_sufficiency({c.model: cmp.bulk(c)["cls"] for c in campaigns},
+                                        {c.model: cmp.lora_sufficiency(c) for c in campaigns}),
+            claims.c13_blind_prediction(cmp.blind_predictions(campaigns)[0])]
+    return [repr(v) for v in out] + [repr(cmp.laws_table(campaigns))]
+
+
+# --- the η_c probes in waves: the same runs as one by one --------------------------------------
+
+class _Probe:
+    """A campaign stand-in whose runs flip as given, recording the contexts run."""
+
+    def __init__(self, flips: list[bool]):
+        self.usable = [f"c{i}" for i in range(len(flips))]
+        self.flips, self.ran = dict(zip(self.usable, flips)), []
+
+    def run(self, mode, lr, context, stop=None):
+        assert (mode, stop) == ("full", "born_flip")
+        self.ran.append(context)
+        return _Run(np.array([-0.1, 0.2] if self.flips[context] else [-0.1, -0.05]))
+
+
+class _Run:
+    """What the flip test reads of a run: Φ and no divergence."""
+
+    diverged_at = None
+
+    def __init__(self, phi):
+        self.phi = phi
+
+    def __getitem__(self, name):
+        return {"phi": self.phi}[name]
+
+
+def one_by_one(flips: list[bool]) -> tuple[list[int], float]:
+    """The scan before waves: contexts one at a time until the ≥ ½ decision is certain."""
+    need, n, k = -(-len(flips) // 2), len(flips), 0
+    ran = []
+    for i, f in enumerate(flips, start=1):
+        ran.append(i - 1)
+        k += f
+        if k >= need or i - k > n - need:
+            break
+    return ran, k / n
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=14))
+def test_flip_fraction_waves_run_exactly_the_one_by_one_contexts(flips):
+    probe, waves = _Probe(flips), []
+    fraction = cmp.flip_fraction(probe, 3e-5, prefetch=waves.append)
+    ran, expected = one_by_one(flips)
+    assert probe.ran == [f"c{i}" for i in ran]
+    assert fraction == expected
+    assert [spec[2] for wave in waves for spec in wave] == probe.ran   # prefetched = read, in order
+    assert all(spec[:2] == ("full", 3e-5) and spec[3] == "born_flip" for wave in waves for spec in wave)
+    if len(flips) >= 4:
+        assert len(waves[0]) == min(-(-len(flips) // 2), len(flips) - -(-len(flips) // 2) + 1) > 1
+
+
+# --- resources, fingerprint, executor choice ---------------------------------------------------
+
+def _info(n_params: int) -> zoo.ModelInfo:
+    return zoo.ModelInfo("m", "llama", n_params, 1000, 64, False, "0" * 64)
+
+
+def test_resources_of_smollm2_are_its_measured_peaks():
+    smol = _info(executor.SMOLLM2_PARAMS)
+    for kind, mode, work in [("trajectory", "full", "full"), ("trajectory", "lora", "lora"),
+                             ("blind_r", None, "blind"), ("orientations", None, "forward"), ("bulk", None, "forward")]:
+        assert executor.resources(smol, kind, mode) == {"num_cpus": 1, "memory": executor.PEAK_RSS[work]}
+
+
+def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_heavy_unit():
+    qwen = _info(630_167_424)
+    full = executor.resources(qwen, "trajectory", "full", "cuda:0")
+    assert full["num_gpus"] == 1 and full["resources"] == {executor.HEAVY: 1}
+    assert 14e9 < full["memory"] < 17e9                       # ≈ 14 GB observed on Qwen2.5-0.5B
+    lora = executor.resources(qwen, "trajectory", "lora", "cuda")
+    assert 0 < lora["num_gpus"] < 1 and "resources" not in lora
+    assert "num_gpus" not in executor.resources(qwen, "trajectory", "full", "cpu")
+    assert "resources" not in executor.resources(_info(runs.HEAVY_PARAMS), "trajectory", "full")
+    assert "resources" in executor.resources(_info(runs.HEAVY_PARAMS + 1), "trajectory", "full")
+    assert "num_gpus" not in executor.resources(qwen, "bulk", None, "cuda")   # statistics stay on CPU
+
+
+def test_fingerprint_differences_name_each_field():
+    here = executor.fingerprint()
+    assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.SOURCES}
+    assert executor.differences(here, dict(here)) == ""
+    other = {**here, "torch": "0.0.1", "code_sha256[bulk]": "f" * 64}
+    diff = executor.differences(here, other)
+    assert f"torch {here['torch']} (driver) ≠ 0.0.1 (worker)" in diff and "code_sha256[bulk]" in diff
+    assert "peft" not in diff and "\n" not in diff
+
+
+def test_make_executor_rejects_unknown_names_and_an_address_without_ray():
+    with pytest.raises(ValueError, match="'dask'"):
+        executor.make_executor("dask")
+    with pytest.raises(ValueError, match="needs the ray executor"):
+        executor.make_executor("local", "auto")
+    assert isinstance(executor.make_executor("local"), executor.LocalExecutor)
+
+
+def test_ray_executor_without_ray_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)   # `import ray` raises ImportError
+    with pytest.raises(executor.ExecutorError, match=r"\[cluster\]") as err:
+        executor.make_executor("ray")
+    assert executor.INSTALL in str(err.value)
+
+
+# --- the run key holds the device ---------------------------------------------------------------
+
+def test_a_cpu_run_is_never_served_for_another_device(tmp_path, tiny, one_torch_thread):
+    s = store.RunStore(tmp_path)
+    cpu = runs.trajectory(tiny[0], "longing", mode="lora", lr=1e-3, steps=2, store=s)
+    cpu.meta.pop("wall_s")
+    (entry,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/*.json")
+                if json.loads(p.read_text())["key"]["kind"] == "trajectory"]
+    assert entry["key"]["device"] == "cpu" and entry["key"]["dtype"] == "float32"
+    again = runs.trajectory(tiny[0], "longing", mode="lora", lr=1e-3, steps=2, device="cpu:0", store=s)
+    again.meta.pop("wall_s")
+    assert json.dumps(again.to_dict()) == json.dumps(cpu.to_dict())   # same device type: served
+    with pytest.raises((RuntimeError, AssertionError)):   # not served: computed on "meta" and failing
+        runs.trajectory(tiny[0], "longing", mode="lora", lr=1e-3, steps=2, device="meta", store=s)
+    with pytest.raises(ValueError, match="'nope'"):
+        runs.trajectory(tiny[0], "longing", mode="lora", lr=1e-3, steps=2, device="nope", store=s)
+
+
+def test_check_device_accepts_cpu_and_names_an_unusable_device():
+    cli.check_device("cpu")
+    for device in ("no-such-device", "meta"):
+        with pytest.raises(cli.CliError, match=f"device '{device}' is not usable"):
+            cli.check_device(device)
+
+
+# --- the local executor -------------------------------------------------------------------------
+
+def test_local_compute_fills_the_store_with_everything_a_claims_session_reads(local, tiny):
+    root, events, done = local
+    for model, final in zip(tiny, done):
+        planned = len(cmp.Campaign(model, PLAN, store.RunStore(root)).planned())
+        assert final.model == model and final.finished and final.stage == "done"
+        assert final.done == final.planned == final.computed > planned   # the η_c probes count too
+        mine = [e for e in events if e.model == model]
+        assert [e.done for e in mine] == sorted(e.done for e in mine)
+        assert any(e.eta_s is not None and e.eta_s > 0 for e in mine)
+    assert [e.model for e in events] == sorted((e.model for e in events), key=tiny.index)   # one after another
+    entries = {p.stem: json.loads(p.read_text())["key"]["kind"] for p in root.glob("*/*.json")}
+    assert sorted(set(entries.values())) == ["blind_r", "bulk", "critical_lr", "orientation", "trajectory"]
+    verdicts(reader(tiny, root))                     # every claim input is there: nothing is loaded
+    again = executor.compute([cmp.Campaign(m, PLAN, store.RunStore(root)) for m in tiny], "local")
+    assert [(a.computed, a.cached) for a in again] == \
+        [(0, len(cmp.Campaign(m, PLAN, store.RunStore(root)).planned())) for m in tiny]   # η_c cached: no probe
+    assert {p.stem for p in root.glob("*/*.json")} == set(entries)
+
+
+def test_campaign_command_in_a_pipe_prints_one_line_per_model(local, tiny, monkeypatch, capsys):
+    root, _, done = local
+    monkeypatch.setenv("PHANTOM_RUNS", str(root))
+    monkeypatch.setattr(cmp, "plan_for", lambda budget, info: PLAN)
+    assert cli.main(["campaign", "--models", ",".join(tiny), "--budget", "quick"]) == 0
+    out = capsys.readouterr().out          # not a terminal: one line per model, when it is done
+    assert "\x1b[" not in out
+    lines = out.splitlines()
+    assert len(lines) == 2
+    for line, model in zip(lines, tiny):
+        n = len(cmp.Campaign(model, PLAN).planned())
+        assert line.startswith(f"{model}  [{'#' * 20}] {n}/{n} runs (0 computed, {n} cached)  done")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--executor", "local", "--address", "auto"], "--address auto needs --executor ray"),
+    (["--models", "no-such-model"], "no-such-model"),
+])
+def test_campaign_command_usage_errors_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path))
+    assert cli.main(["campaign", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("phantom: error:") and message in err
+
+
+def test_campaign_command_without_ray_names_the_install_command(tmp_path, tiny, monkeypatch, capsys):
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["campaign", "--models", tiny[0], "--budget", "quick", "--executor", "ray"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and executor.INSTALL in err
+
+
+def test_live_display_redraws_one_line_per_model(capsys):
+    display = cli.ProgressDisplay(sys.stdout, live=True)
+    p = executor.Progress("a", "runs", 1, 4, 1, 0, 10.0, 30.0, False)
+    display(p)
+    display(dataclasses.replace(p, model="b"))
+    display(dataclasses.replace(p, done=4, computed=4, stage="done", finished=True))
+    out = capsys.readouterr().out
+    assert re.findall(r"\x1b\[(\d+)F", out) == ["1", "2"]            # back over a; then over a and b
+    frames = re.split(r"\x1b\[\d+F", out)
+    assert [f.count("\n") for f in frames] == [1, 2, 2]
+    last = frames[-1].split("\n")
+    assert "a  [####################] 4/4 runs (4 computed, 0 cached)  done" in last[0]
+    assert "b  [#####...............] 1/4 runs" in last[1] and "ETA 30s" in last[1]
+
+
+# --- on a local Ray cluster ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster per session, bound to 127.0.0.1, with one heavy-run unit."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("Ray tests start one cluster per session: run them apart, without xdist: "
+                    "pytest tests/unit -m ray -p no:xdist")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # read at import: every server on loopback
+    import ray
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
+             resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'unit'}"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_the_cluster_binds_only_on_loopback(ray_cluster):
+    nodes = ray_cluster.nodes()
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+
+
+@pytest.mark.ray
+def test_ray_campaign_writes_the_local_executor_entries_and_verdicts(ray_cluster, tiny, local, tmp_path):
+    local, remote = local[0], tmp_path / "ray"
+    done = executor.compute([cmp.Campaign(m, PLAN, store.RunStore(remote)) for m in tiny], "ray")
+    assert all(p.finished and p.computed == p.done == p.planned for p in done)
+    ours, theirs = payloads(local), payloads(remote)
+    assert len(ours) > 200 and set(theirs) == set(ours)
+    assert [k for k in ours if ours[k] != theirs[k]] == []
+    eta_c = [json.loads(ours[k]) for k in ours if '"bracket"' in ours[k]]
+    grid = set(PLAN.sweep) | set(PLAN.extended)
+    assert len(eta_c) == 2 and all(sum(lr not in grid for lr, _ in e["probes"]) >= 3 for e in eta_c)
+    assert verdicts(reader(tiny, remote)) == verdicts(reader(tiny, local))
+    provenance = {json.loads(p.read_text())["provenance"]["pid"] for p in remote.glob("*/*.json")}
+    assert os.getpid() in provenance and len(provenance) >= 3   # η_c here; runs on ≥ 2 workers
+
+
+def _one_run(tiny, root) -> tuple[cmp.Campaign, executor.Task]:
+    """A campaign with its orientations in the store, and the task of one of its runs."""
+    c = cmp.Campaign(tiny[0], cmp.Plan(steps=10), store.RunStore(root))
+    list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
+    return c, executor.run_task(c, "full", 2e-5, "longing")
+
+
+def _faulty(ray, name: str, retries: int = 0) -> executor.RayExecutor:
+    """A Ray executor whose workers run :mod:`ray_faults`' ``name``."""
+    import ray_faults
+    ex = executor.RayExecutor(max_retries=retries)
+    ex.remote = ray.remote(max_retries=retries, retry_exceptions=True)(getattr(ray_faults, name))
+    return ex
+
+
+def _entries_verify(root: Path) -> None:
+    for path in root.glob("*/*.json"):
+        assert store._load(path, path.stem) is not None     # raises on a partial or corrupt entry
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("fault", ["raise_mid_run", "die_mid_write"])
+def test_a_failing_task_is_retried_and_stores_nothing_partial(fault, ray_cluster, tiny, tmp_path,
+                                                             one_torch_thread):
+    c, task = _one_run(tiny, tmp_path / "runs")
+    (done,) = _faulty(ray_cluster, fault, 1).run(c, [task])
+    attempts = (tmp_path / "attempts").read_text().split()
+    assert done.computed and len(attempts) == 2 and (tmp_path / "first").exists()
+    if fault == "die_mid_write":
+        assert len(set(attempts)) == 2                         # the first worker process died
+        assert list((tmp_path / "runs").glob("*/.*.tmp"))      # … leaving its temporary file
+    _entries_verify(tmp_path / "runs")
+    reference = runs.trajectory(c.model, "longing", mode="full", lr=2e-5, steps=10, stop=c.plan.stop,
+                                store=store.RunStore(tmp_path / "local"))
+    served = c.run("full", 2e-5, "longing")
+    reference.meta.pop("wall_s"), served.meta.pop("wall_s")
+    assert json.dumps(served.to_dict()) == json.dumps(reference.to_dict())
+
+
+@pytest.mark.ray
+def test_a_task_failing_every_attempt_stores_nothing(ray_cluster, tiny, tmp_path):
+    c, task = _one_run(tiny, tmp_path / "runs")
+    before = set((tmp_path / "runs").glob("*/*"))
+    with pytest.raises(executor.ExecutorError, match="failed after 0 retries: RuntimeError: injected fault"):
+        list(_faulty(ray_cluster, "raise_mid_run").run(c, [task]))
+    assert {p for p in (tmp_path / "runs").glob("*/*") if p.suffix != ".lock"} == \
+        {p for p in before if p.suffix != ".lock"}
+
+
+@pytest.mark.ray
+def test_a_worker_with_other_code_refuses(ray_cluster, tiny, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(ROOT / "phantom", other)
+    files.write_atomic(other / "dynamics.py", (ROOT / "phantom" / "dynamics.py").read_text() + "\n# changed\n")
+    c, task = _one_run(tiny, tmp_path / "runs")
+    before = set((tmp_path / "runs").glob("*/*.json"))
+    with pytest.raises(executor.EnvironmentMismatch) as err:
+        list(_faulty(ray_cluster, "other_code").run(c, [task]))
+    message = str(err.value)
+    assert "\n" not in message and "refuses" in message and "code_sha256[trajectory]" in message
+    assert "code_sha256[bulk]" not in message and "torch" not in message   # same versions, other code
+    assert set((tmp_path / "runs").glob("*/*.json")) == before
+
+
+def _warm_worker() -> int:
+    """Occupy a worker for a second after its first-task imports (fingerprint: peft, transformers)."""
+    executor.fingerprint()
+    time.sleep(1.0)
+    return os.getpid()
+
+
+@pytest.mark.ray
+def test_heavy_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
+    c = cmp.Campaign(tiny[0], cmp.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
+    list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
+    monkeypatch.setattr(runs, "HEAVY_PARAMS", 0)            # every full fine-tune is heavy (driver side)
+    heavy = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
+    light = [executor.run_task(c, "lora", lr, "longing") for lr in (1e-4, 2e-4, 3e-4, 4e-4)]
+    assert all(t.resources.get("resources") == {executor.HEAVY: 1} for t in heavy)
+    warm = ray_cluster.remote(num_cpus=1)(_warm_worker)
+    assert len(set(ray_cluster.get([warm.remote(), warm.remote()]))) == 2   # two workers, imports done
+    done = list(executor.RayExecutor().run(c, [t for pair in zip(heavy, light) for t in pair]))
+    assert all(d.computed for d in done)
+    spans = sorted((d.start, d.end, d.node) for d in done if d.task in heavy)
+    assert len(spans) == 4
+    for (_, end, node), (start, _, other) in zip(spans, spans[1:]):
+        assert node != other or end <= start, f"heavy runs overlap: {spans}"
+    every = sorted((d.start, d.end) for d in done)
+    assert any(b[0] < a[1] for a, b in zip(every, every[1:])), f"no two tasks ever ran at once: {every}"
+
+
+@pytest.mark.ray
+def test_a_task_no_node_can_run_is_reported_at_once(ray_cluster, tiny, tmp_path):
+    c, task = _one_run(tiny, tmp_path / "runs")
+    ex = executor.RayExecutor()
+    on_gpu = executor.run_task(cmp.Campaign(c.model, c.plan, c.store, device="cuda"), "lora", 1e-3, "longing")
+    huge = dataclasses.replace(task, resources={**task.resources, "memory": 10**15})
+    for bad, needs in [(on_gpu, "GPU: 0.25"), (huge, "memory: 1e+15")]:
+        with pytest.raises(executor.ExecutorError, match="no node of the Ray cluster can run") as err:
+            list(ex.run(c, [task, bad]))
+        assert needs in str(err.value) and "\n" not in str(err.value)
+    assert not list((tmp_path / "runs").glob("*/*.json")) or all(
+        json.loads(p.read_text())["key"]["kind"] == "orientation" for p in (tmp_path / "runs").glob("*/*.json"))
