@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Sequence
 
 import numpy as np
 
 from . import contexts, laws, runs, zoo
-from .protocol import (CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID,
-                       LORA_REF, STEPS)
+from .protocol import CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID, LORA_REF, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
 

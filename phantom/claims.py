@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from . import campaign as cmp
 from . import laws, transitions
 from .geometry import classify
-from .protocol import (BLIND_REL_ERROR_MAX, BURIAL_MIN_MODELS, BURIAL_RHO_MIN, C5_MIN_JUMPS,
-                       DECOMPOSITION_TOL, H_CV_MAX, SPEARMAN_LORA_MAX, SUFFICIENCY_SPLIT)
+from .protocol import (
+    BLIND_REL_ERROR_MAX,
+    BURIAL_MIN_MODELS,
+    BURIAL_RHO_MIN,
+    C5_MIN_JUMPS,
+    DECOMPOSITION_TOL,
+    H_CV_MAX,
+    SPEARMAN_LORA_MAX,
+    SUFFICIENCY_SPLIT,
+)
 from .trajectory import Trajectory
 
 REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE = "reproduced", "not reproduced", "not testable"

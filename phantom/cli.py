@@ -19,13 +19,12 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import campaign, contexts, dynamics, executor, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS

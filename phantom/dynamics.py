@@ -20,8 +20,18 @@ import torch.nn.functional as F
 
 from . import contexts as ctx
 from . import geometry
-from .protocol import (BETAS, EPS, LORA_ALPHA, LORA_DROPOUT, LORA_RANK, MODES, PROTOCOL_VERSION, SEED,
-                       STEPS, WEIGHT_DECAY)
+from .protocol import (
+    BETAS,
+    EPS,
+    LORA_ALPHA,
+    LORA_DROPOUT,
+    LORA_RANK,
+    MODES,
+    PROTOCOL_VERSION,
+    SEED,
+    STEPS,
+    WEIGHT_DECAY,
+)
 from .trajectory import SERIES, Trajectory
 
 LORA_TARGETS = {                          # the attention query and value projections

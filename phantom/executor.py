@@ -26,10 +26,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
 
 from . import campaign as cmp
 from . import contexts, runs, zoo

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Iterator
 
 STALE_S = 3600.0      # a temporary file or build folder untouched this long belongs to a killed process
 TMP_PATTERN = ".*.phantom-*.tmp"   # write_atomic's temporary files (no one else's hidden .tmp files)

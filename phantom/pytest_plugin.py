@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -154,7 +154,7 @@ class ClaimsSession:
     def pytest_sessionstart(self, session):
         """With ``--executor ray``, the controller computes every entry of the session first."""
         if self.config.getoption("--executor") == "ray" and not hasattr(self.config, "workerinput"):
-            from . import executor   # Ray: an optional extra
+            from . import executor  # Ray: an optional extra
             try:
                 executor.compute(self.zoo(), "ray", self.config.getoption("--address"))
             except executor.ExecutorError as err:
@@ -232,7 +232,7 @@ class ClaimsSession:
 
 def draw_figures(campaign: cmp.Campaign, outdir: Path) -> dict[str, str]:
     """CLAIMS.md's figures from runs already in the store (nothing is computed for a figure)."""
-    from . import plots   # matplotlib, for a claims session only: unit-test sessions load this plugin too
+    from . import plots  # matplotlib, for a claims session only: unit-test sessions load this plugin too
     stored = cmp.Campaign(campaign.model, campaign.plan, RunStore(campaign.store.root, read_only=True))
     try:
         reference, lora = stored.reference(), stored.lora_reference()

@@ -13,9 +13,9 @@ import datetime
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .claims import CLAIMS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict
 from .files import write_atomic
@@ -39,12 +39,12 @@ class Session:
     figures: dict[str, str] = field(default_factory=dict)               # caption → relative path
     history: Sequence[dict] = ()    # earlier sessions of this budget and zoo on this machine
     workers: str = "no xdist"       # how the session ran, e.g. "-n auto"
-    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC)
                       .strftime("%Y-%m-%d %H:%M UTC"))
 
     def record(self) -> dict:
         """This session as one line of the session log."""
-        return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "zoo": self.zoo, "budget": self.budget, "models": sorted(self.models),
                 "wall_s": round(self.wall_s, 1), "computed": self.computed, "requested": self.requested,
                 "workers": self.workers, "cores": os.cpu_count()}

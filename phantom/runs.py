@@ -27,8 +27,8 @@ import functools
 import hashlib
 import pathlib
 import platform
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 from . import contexts, dynamics, geometry, zoo
 from .files import exclusive_lock
@@ -61,17 +61,17 @@ def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def versions() -> dict:
     """Versions that can change a result's numbers."""
-    import peft           # heavy: imported when a key is first built, not with the module
+    import peft  # heavy: imported when a key is first built, not with the module
     import torch
     import transformers
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code(kind: str) -> str:
     return code_sha256(kind)
 
@@ -112,7 +112,7 @@ class ModelSlot:
 SLOT = ModelSlot()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_info(model: str) -> zoo.ModelInfo:
     """The model's facts (offline names: from the verified cache manifest, no load)."""
     if model in zoo.OFFLINE:

@@ -55,8 +55,9 @@ import platform
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, Callable
+from typing import Any
 
 from .files import ensure_dir, exclusive_lock, write_atomic
 
@@ -220,7 +221,7 @@ def _warn_corrupt(path: pathlib.Path, reason: str) -> None:
 def _provenance(wall_s: float) -> dict:
     """Where, when and how fast an entry was computed."""
     return {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall_s": wall_s,
         "python": platform.python_version(),
         "host": socket.gethostname(),

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .protocol import (JUMP_RATIO, JUMP_SIZE, KINEMATIC_SIGNAL, LOSS_TOLERANCE, QUIESCENT,
-                       STRUCTURAL_DRAG)
+from .protocol import JUMP_RATIO, JUMP_SIZE, KINEMATIC_SIGNAL, LOSS_TOLERANCE, QUIESCENT, STRUCTURAL_DRAG
 from .trajectory import Trajectory
 
 READOUTS = ("dz", "a_g", "a_c")

@@ -22,7 +22,6 @@ other jobs make the timings meaningless.
 """
 from __future__ import annotations
 
-import gc
 import math
 import statistics
 import time
@@ -147,5 +146,3 @@ def test_bench_step(benchmark, bandwidth, model, mode):
         floor = ADAMW_BYTES_PER_PARAM * trainer.n_params / bandwidth
         info.update(floor_s=floor, floor_ratio=bare / floor)
     print(f"\n{model} {mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float)))
-    del trainer, loaded
-    gc.collect()

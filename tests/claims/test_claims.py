@@ -6,7 +6,6 @@ which read the same runs back from the store. Parametrisation, expected failures
 CLAIMS.md come from :mod:`phantom.pytest_plugin`.
 """
 import numpy as np
-import pytest
 
 from phantom.campaign import critical_lr_of
 from phantom.protocol import CRITICAL_RTOL

@@ -129,7 +129,8 @@ def test_zoo_claims_return_zoo_verdicts():
     assert claims.c7_failure_modes({"a": [silent()]}).model == "zoo"
     assert claims.c9_h_consistency({"a": 10.0, "b": 10.1}).model == "zoo"
     assert claims.c11_lora_sufficiency({"a": "A", "b": "B"}, {"a": 0.1, "b": 0.9}).model == "zoo"
-    assert claims.c12_burial_laws({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2, "c": 3}, {"a": 3, "b": 2, "c": 1}).model == "zoo"
+    assert claims.c12_burial_laws({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2, "c": 3},
+                                  {"a": 3, "b": 2, "c": 1}).model == "zoo"
     assert claims.c13_blind_prediction([prediction("a", 0.01), prediction("b", 0.01)]).model == "zoo"
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tiny_models
 from phantom import campaign as cmp
 from phantom import claims, cli, executor, files, runs, store, zoo
 

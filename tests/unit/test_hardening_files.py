@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import tiny_models
+
 from phantom import cli, files, runs, store, zoo
 from phantom.store import RunStore, StoreWarning
 from phantom.trajectory import Trajectory

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tiny_models
+
 from phantom import cli, zoo
 
 ROOT = Path(__file__).resolve().parents[2]

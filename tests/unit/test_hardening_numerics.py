@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
 from phantom import cli, dynamics, geometry, zoo
 from phantom.trajectory import Trajectory
 

@@ -9,10 +9,10 @@ import math
 import warnings
 
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
 
-import tiny_models
 from phantom import contexts, dynamics
 from phantom.monitor import FIRST, LIVE, PhantomCallback, PhantomFinding, PhantomMonitor, Probe
 

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
 from phantom import dynamics, runs, zoo
 from phantom.store import RunStore
 from phantom.trajectory import SERIES

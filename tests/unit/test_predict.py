@@ -11,8 +11,8 @@ import math
 import re
 
 import pytest
-
 import tiny_models
+
 from phantom import campaign, cli, dynamics, laws, runs
 from phantom.monitor import NO_K, blind_constant, blind_lr
 from phantom.store import RunStore

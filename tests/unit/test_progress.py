@@ -5,11 +5,10 @@ import io
 import re
 
 import pytest
+import tiny_models
 import torch
 
-import tiny_models
 from phantom import contexts, dynamics, progress
-from phantom.store import RunStore
 
 
 class Tty(io.StringIO):

@@ -9,8 +9,8 @@ only from a complete session.
 import json
 
 import pytest
-
 import tiny_models
+
 from phantom import claims as registry
 from phantom import report
 
