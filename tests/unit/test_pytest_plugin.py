@@ -121,3 +121,10 @@ def test_malformed_expected_toml_is_one_usage_error(inner):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stderr.str().count("needs a known claim") == 1
     assert not paths["md"].exists()
+
+
+def test_a_session_without_xdist_loaded_works(inner):
+    run, paths = inner
+    result = run("-p", "no:xdist")
+    result.assert_outcomes(passed=N_CASES)
+    assert len(report.from_json(paths["json"].read_text())[0]) == N_CASES
