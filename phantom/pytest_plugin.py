@@ -196,18 +196,17 @@ class ClaimsSession:
 
     def publish(self, exitstatus) -> str:
         """Write verdicts.json and CLAIMS.md (complete session) or their partial copies; say where."""
-        rootpath = Path(self.config.rootpath)
         missing = self.missing()
         interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         complete = not missing and not interrupted
         final_md = _path(self.config, "--claims-md", Path("CLAIMS.md"))
         if complete:
             md, js = final_md, _path(self.config, "--verdicts", Path("verdicts.json"))
-            figures_dir = rootpath / "docs" / "figures"
         else:
             partial = default_root().parent / "claims-partial"
-            md, js, figures_dir = partial / "CLAIMS.md", partial / "verdicts.json", partial / "figures"
-        session = self.session_facts(figures_dir, rootpath if complete else figures_dir.parent)
+            md, js = partial / "CLAIMS.md", partial / "verdicts.json"
+        figures_dir = md.parent / "docs" / "figures"          # linked relative to CLAIMS.md
+        session = self.session_facts(figures_dir, md.parent)
         report.publish(self.verdicts, session, verdicts_path=js, claims_md=md,
                        log_dir=default_root().parent if complete else None)
         if complete:

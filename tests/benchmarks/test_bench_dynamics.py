@@ -43,14 +43,6 @@ ROUNDS = 5
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bandwidth() -> float:
     """Bytes per second one thread moves in a large copy (read + write), best of 5."""

@@ -30,14 +30,6 @@ TARGET_RATIO = 0.05
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _dataset(tokenizer) -> list[dict]:
     text = " ".join(f"{c.text} {c.pair[0]}." for c in contexts.CONTEXTS) * 8
     ids = tokenizer(text, return_tensors="pt").input_ids[0]

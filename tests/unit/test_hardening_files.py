@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import tiny_models
+from cli_helpers import run_cli
 
-from phantom import cli, files, runs, store, zoo
+from phantom import files, runs, store, zoo
 from phantom.store import RunStore, StoreWarning
 from phantom.trajectory import Trajectory
 
@@ -23,17 +24,6 @@ OLD = time.time() - 2 * files.STALE_S
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return str(tiny_models.build_tiny("gpt2", tmp_path_factory.mktemp("tiny") / "gpt2"))
-
-
-def run_cli(argv, capsys) -> tuple[int, list[str], str]:
-    """Exit status, the ``phantom: error:`` lines and the whole stderr of an in-process CLI call."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, [line for line in err.splitlines() if line.startswith("phantom: error:")], err
 
 
 def tiny_run(model: str, out: Path, *extra) -> list[str]:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import tiny_models
+from cli_helpers import run_cli
 
-from phantom import cli, zoo
+from phantom import zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ["run", "--context", "longing", "--mode", "full", "--lr", "1e-3", "--steps", "1", "--no-store"]
@@ -41,17 +42,6 @@ def remote_code_folder(tiny_dir: Path, tmp_path: Path, marker: Path, *, model_ty
                                     "from transformers import LlamaConfig\n"
                                     "class EvilConfig(LlamaConfig):\n    model_type = 'evil'\n")
     return folder
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
-    """Exit status and the stderr lines that are errors."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, [line for line in err.splitlines() if line.startswith("phantom: error:")]
 
 
 def test_remote_code_never_runs_even_when_stdin_says_yes(tiny_dir, tmp_path):
@@ -107,7 +97,7 @@ def test_malicious_pickle_is_one_line(tiny_dir, tmp_path, capsys):
     (folder / "model.safetensors").unlink()
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"weight": Evil(marker)}, f)
-    code, errors = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
+    code, errors, _ = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
     assert code == 1
     assert errors == [f"phantom: error: cannot load model {str(folder)!r}: its pickled weights hold objects "
                       "other than tensors and are refused (torch.load(weights_only=True))"]
@@ -116,7 +106,7 @@ def test_malicious_pickle_is_one_line(tiny_dir, tmp_path, capsys):
 
 def test_very_long_model_name_is_one_line(tmp_path, capsys):
     name = "x" * 5000   # ENAMETOOLONG from Path.is_dir()
-    code, errors = run_cli([RUN[0], "--model", name, *RUN[1:], "--out", str(tmp_path / "out")], capsys)
+    code, errors, _ = run_cli([RUN[0], "--model", name, *RUN[1:], "--out", str(tmp_path / "out")], capsys)
     assert code == 1
     assert len(errors) == 1
     assert errors[0].startswith(f"phantom: error: unknown model {'x' * 80!r}… (5000 characters): ")
@@ -133,7 +123,7 @@ def test_config_naming_a_missing_class_is_one_line(tiny_dir, tmp_path, capsys, c
         (folder / "evil.py").write_text("")
         edit_json(folder / "config.json", model_type="evil", auto_map={"AutoModelForCausalLM": "evil.Missing"})
         reason = "its config.json asks for custom code"
-    code, errors = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
+    code, errors, _ = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
     assert code == 1
     assert len(errors) == 1
     assert errors[0].startswith(f"phantom: error: cannot load model {str(folder)!r}: {reason}")
@@ -142,7 +132,7 @@ def test_config_naming_a_missing_class_is_one_line(tiny_dir, tmp_path, capsys, c
 def test_sentencepiece_hint_only_when_sentencepiece_is_the_cause(tiny_dir, tmp_path, capsys):
     folder = copy_of(tiny_dir, tmp_path, "notok")
     (folder / "tokenizer.json").unlink()   # transformers' message then says "You need to have sentencepiece"
-    code, errors = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
+    code, errors, _ = run_cli([RUN[0], "--model", str(folder), *RUN[1:], "--out", str(tmp_path / "out")], capsys)
     assert code == 1
     assert errors == [f"phantom: error: cannot load model {str(folder)!r}: no usable tokenizer "
                       "(no tokenizer.json, and no slow tokenizer that could be converted)"]
