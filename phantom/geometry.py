@@ -99,6 +99,31 @@ def pair_columns(psi, g: int, c: int) -> torch.Tensor:
     return G
 
 
+def unit_pair_columns(E, g: int, c: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pair_columns` of ``normalize_rows(E)`` without materialising Ψ (V×d).
+
+    The rows are normalised ``chunk`` at a time (a chunk stays in cache), with the same float32
+    operations as :func:`normalize_rows`, so the result is bit for bit that of
+    ``pair_columns(normalize_rows(E), g, c)`` at one read of ``E`` (plus one for the norms).
+
+    Returns
+    -------
+    G : (V, 2) float64 tensor
+        The pair's columns.
+    pair : (2, d) tensor
+        ``ψ_g`` and ``ψ_c``, the pair's unit rows.
+    """
+    E = _matrix(E)
+    norms = E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)   # (V, 1)
+    pair = E[[g, c]] / norms[[g, c]]                                           # (2, d)
+    G = torch.empty(E.shape[0], 2, dtype=torch.float64, device=E.device)
+    for start in range(0, E.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        G[rows] = ((E[rows] / norms[rows]) @ pair.T).to(torch.float64)
+    G[[g, c]] = _pair_gram(pair, 0, 1)
+    return G, pair
+
+
 def born_gap_from_columns(p, G: torch.Tensor, g: int, c: int) -> BornGap:
     """:func:`born_gap` from the pair's columns ``G`` (:func:`pair_columns`): O(V) per distribution.
 

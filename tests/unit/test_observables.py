@@ -13,7 +13,7 @@ import pytest
 import tiny_models
 import torch
 
-from phantom import dynamics, runs, zoo
+from phantom import dynamics, geometry, runs, zoo
 from phantom.store import RunStore
 from phantom.trajectory import SERIES
 
@@ -98,3 +98,13 @@ def test_store_keys_the_observable_set_and_all_serves_claims(tiny, tmp_path):
     narrow = runs.trajectory(name, "longing", observables="claims", **{**args, "store": other})
     assert narrow.meta["observables"] == "claims" and math.isnan(narrow["purity"][1])
     assert {k for k, _ in other.computed} == {"orientation", "trajectory"}
+
+
+@pytest.mark.parametrize("shape", [(300, 16), (5000, 24)])
+def test_unit_pair_columns_are_the_bits_of_pair_columns_of_psi(shape):
+    torch.manual_seed(0)
+    E = torch.randn(*shape) * torch.rand(shape[0], 1) * 3
+    for g, c in ((0, 1), (shape[0] - 1, 7), (42, 41)):
+        cols, pair = geometry.unit_pair_columns(E, g, c, chunk=128)
+        psi = geometry.normalize_rows(E)
+        assert torch.equal(cols, geometry.pair_columns(psi, g, c)) and torch.equal(pair, psi[[g, c]])
