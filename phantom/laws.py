@@ -535,9 +535,11 @@ def _eta_c_value(m: str, v) -> float:
     return v
 
 
-def _k_from(others: Sequence[str], q: Mapping[str, float],
-            eta_c: Callable[[str], float]) -> float:
-    """Geometric mean of ``η_c / q`` over ``others`` (reads ``eta_c`` for each of them)."""
+def blind_k(others: Sequence[str], q: Mapping[str, float], eta_c: Callable[[str], float]) -> float:
+    """The blind predictor's ``k``: geometric mean of ``η_c / q`` over ``others`` (SPEC §5).
+
+    Reads ``eta_c`` for each of ``others`` only; ``q`` must hold them.
+    """
     logs = [math.log(_eta_c_value(o, eta_c(o)) / q[o]) for o in others]
     return float(math.exp(math.fsum(logs) / len(logs)))
 
@@ -570,7 +572,7 @@ def predict_held_out(model: str, q: Mapping[str, float | None],
     others = [m for m in qs if m != model]
     if not others:
         raise ValueError("blind prediction needs at least one other model with a q")
-    k = _k_from(others, qs, guard_held_out(eta_c, model))
+    k = blind_k(others, qs, guard_held_out(eta_c, model))
     return k, k * qs[model]
 
 

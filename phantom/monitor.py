@@ -430,7 +430,8 @@ def blind_constant(models, store=None) -> BlindConstant:
             missing[m] = "no context with r > 0 (no q)" if q is None else "η_c above the full-FT grid"
             continue
         ratios[m] = (eta_c, q)
-    k = math.exp(math.fsum(math.log(e / q) for e, q in ratios.values()) / len(ratios)) if ratios else None
+    k = laws.blind_k(list(ratios), {m: q for m, (_, q) in ratios.items()}, lambda m: ratios[m][0]) \
+        if ratios else None
     loo = {}
     if len(ratios) >= 2:
         preds = laws.leave_one_out({m: q for m, (_, q) in ratios.items()}, lambda m: ratios[m][0])

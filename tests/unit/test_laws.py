@@ -309,8 +309,8 @@ def test_guard_raises_leakage_for_held_out():
 def test_buggy_prediction_path_raises_leakage(monkeypatch):
     # Simulate a bug: k computed over *all* models, held-out included.
     import phantom.laws as laws
-    original = laws._k_from
-    monkeypatch.setattr(laws, "_k_from",
+    original = laws.blind_k
+    monkeypatch.setattr(laws, "blind_k",
                         lambda others, q, eta_c: original(list(q), q, eta_c))
     with pytest.raises(LeakageError):
         laws.predict_held_out("a", {"a": 1.0, "b": 2.0}, {"a": 1.0, "b": 2.0}.__getitem__)
