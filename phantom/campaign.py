@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -113,6 +113,15 @@ class Campaign:
                                stop=self.plan.stop if stop is None else stop, device=self.device,
                                store=self.store, loader=self.loader)
 
+    def stored(self, mode: str, lr: float, context: str) -> Trajectory | None:
+        """A stored run at ``lr`` under any stop policy that decides the Born flip by T, or None."""
+        for stop in dict.fromkeys(("born_flip", self.plan.stop, "never")):
+            run = runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps, stop=stop,
+                                  device=self.device, store=self.store, loader=self.loader, stored_only=True)
+            if run is not None:
+                return run
+        return None
+
     def runs(self, mode: str, lr: float) -> list[Trajectory]:
         """One run per usable context at this LR."""
         return [self.run(mode, lr, c) for c in self.usable]
@@ -150,18 +159,17 @@ ZOOS = {
 }
 BUDGETS = ("quick", "standard", "full")
 
-# Seconds of one instrumented full-FT step on this project's machines (1 torch thread), from
-# the measured SmolLM2 (1.17 s) and Gemma-3 (4.71 s) steps: the bare step grows with the
-# parameter count, the per-step instrumentation (exact purity) with V·d².
-STEP_S_PER_PARAM = 4.83e-9
-STEP_S_PER_VD2 = 3.18e-11
-STANDARD_FULL_FT_S = 2 * 3600   # the standard budget's ceiling on one model's full-FT grid
+# Seconds of one instrumented full-FT step on this project's machines (1 torch thread) per
+# parameter: the step is memory-bound (AdamW and the vocabulary-sized gradients), so it grows
+# with the parameter count; fitted on the measured Gemma-3 step (0.78 s for 268 M parameters;
+# SmolLM2: 0.45 s for 135 M). The once-per-run t = 0 purity is not counted.
+STEP_S_PER_PARAM = 2.9e-9
+STANDARD_FULL_FT_S = 45 * 60    # the standard budget's ceiling on one model's full-FT grid
 
 
 def full_ft_seconds(info: zoo.ModelInfo, plan: Plan = Plan()) -> float:
     """Estimated single-thread seconds of a plan's full-FT grid (no early stops) on a model."""
-    step = STEP_S_PER_PARAM * info.n_params + STEP_S_PER_VD2 * info.vocab_size * info.hidden_size ** 2
-    return step * plan.steps * len(plan.full_lrs) * len(contexts.CONTEXTS)
+    return STEP_S_PER_PARAM * info.n_params * plan.steps * len(plan.full_lrs) * len(contexts.CONTEXTS)
 
 
 def zoo_models(zoo_name: str, budget: str) -> tuple[str, ...]:
@@ -196,11 +204,12 @@ def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
     if budget == "full":
         return Plan()
-    lora_only_ref = "LoRA grid reduced to the reference LR 1e-3 (C4 checks those runs only)"
+    lora_ref_only = "LoRA grid reduced to the reference LR 1e-3 (C4 checks those runs only)"
     if budget == "quick":
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
                     reductions=("full-FT sweep reduced to η_ref = 2e-5", "no saturation grid (C9 untested)",
-                                lora_only_ref, "no critical-LR bisection (C13 untested)"))
+                                lora_ref_only,
+                                "no critical-LR bisection (C13 untested)"))
     cost = full_ft_seconds(info)
     if cost > STANDARD_FULL_FT_S:
         hours = f"≈{cost / 3600:.1f} h of single-thread fine-tuning > the standard budget's " \
@@ -208,8 +217,9 @@ def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
                     reductions=(f"full-FT sweep reduced to η_ref = 2e-5: its full-FT grid would take {hours}",
                                 "no saturation grid: C9 without this model",
-                                "no critical-LR bisection: C13 without this model", lora_only_ref))
-    return Plan(lora=(LORA_REF,), reductions=(lora_only_ref,))
+                                "no critical-LR bisection: C13 without this model",
+                                lora_ref_only))
+    return Plan()
 
 
 # --- per-model laws ----------------------------------------------------------------------
@@ -267,52 +277,143 @@ Prefetch = Callable[[list[tuple[str, float, str, str]]], None]
 """Computes the store entries of runs ``(mode, lr, context, stop)``, e.g. in parallel."""
 
 
-def flip_fraction(campaign, lr: float, prefetch: Prefetch | None = None) -> float:
+def flip_fraction(campaign, lr: float, prefetch: Prefetch | None = None, *, known: Mapping[str, bool] | None = None,
+                  order: Sequence[str] | None = None,
+                  on_run: Callable[[str, Trajectory], None] | None = None) -> float:
     """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
 
-    Contexts are run in order (each run stops at its flip) until the ≥ ½ decision of SPEC §5
-    is certain; the returned fraction counts unrun contexts as not flipping, so it is exact
-    about that decision (a lower bound on the full fraction). They are taken in waves of the
-    fewest further contexts that cannot decide before the wave's end, so a wave holds only
-    runs that a one-by-one scan makes too; ``prefetch`` (optional) computes each wave's runs
-    before they are read, e.g. in parallel, without changing which runs are made.
+    Contexts whose outcome is ``known`` are counted without a run; the others are run in
+    ``order`` (default: usable order; each run stops at its flip) until the ≥ ½ decision of
+    SPEC §5 is certain. The returned fraction counts unrun contexts as not flipping, so it
+    is exact about that decision (a lower bound on the full fraction). Runs are taken in
+    waves of the fewest further contexts that cannot decide before the wave's end, so a
+    wave holds only runs that a one-by-one scan makes too; ``prefetch`` (optional) computes
+    each wave's runs before they are read, e.g. in parallel, without changing which runs
+    are made. ``on_run(context, run)`` sees every run read.
     """
-    usable = campaign.usable
+    usable, known = campaign.usable, known or {}
     need = math.ceil(len(usable) * CRITICAL_FRACTION)
-    flips = fails = 0
-    while flips < need and fails <= len(usable) - need:
-        done = flips + fails
-        wave = usable[done:done + min(need - flips, len(usable) - need + 1 - fails)]
+    todo = [c for c in (usable if order is None else order) if c not in known]
+    flips = sum(bool(known[c]) for c in usable if c in known)
+    fails = sum(c in known for c in usable) - flips
+    while todo and flips < need and fails <= len(usable) - need:
+        size = min(need - flips, len(usable) - need + 1 - fails)
+        wave, todo = todo[:size], todo[size:]
         if prefetch is not None:
             prefetch([("full", lr, context, "born_flip") for context in wave])
         for context in wave:
-            flipped = _born_flipped(campaign.run("full", lr, context, stop="born_flip"))
+            run = campaign.run("full", lr, context, stop="born_flip")
+            if on_run is not None:
+                on_run(context, run)
+            flipped = _born_flipped(run)
             flips, fails = flips + flipped, fails + (not flipped)
     return flips / len(usable)
+
+
+class _Bisection:
+    """The Born-flip outcomes one η_c bisection has seen, per context and LR (SPEC §5).
+
+    A probe counts, without a run, every context whose outcome at that LR is implied by its
+    outcomes so far under per-context monotonicity in η (a flip at η' ≤ η, or no flip at
+    η' ≥ η) or decided by a run the store already holds at that LR (any stop policy); it
+    runs the others, those likeliest to settle the majority first. Monotonicity is then
+    checked on every run it read (the grid scan, the probes, the stored runs): each
+    violation is reported.
+    """
+
+    def __init__(self, campaign, grid: Sequence[float], prefetch: Prefetch | None):
+        self.campaign, self.grid, self.prefetch = campaign, grid, prefetch
+        self.seen: dict[str, dict[float, bool]] = {c: {} for c in campaign.usable}
+        self.cost = {"probe_runs": 0, "probe_steps": 0, "implied": 0, "reused": 0}
+
+    def _add(self, context: str, lr: float, run: Trajectory) -> bool:
+        self.seen[context][lr] = flipped = _born_flipped(run)
+        return flipped
+
+    def _made(self, context: str, run: Trajectory) -> None:
+        self._add(context, run.meta["lr"], run)
+        self.cost["probe_runs"] += 1
+        self.cost["probe_steps"] += len(run["phi"]) - 1
+
+    def implied(self, context: str, lr: float) -> bool | None:
+        """The outcome at ``lr`` that monotonicity implies, None when open (or contradicted)."""
+        seen = self.seen[context].items()
+        up = any(flipped for eta, flipped in seen if eta <= lr)
+        down = any(not flipped for eta, flipped in seen if eta >= lr)
+        return up if up != down else None
+
+    def _estimate(self, context: str) -> float:
+        """Geometric middle of the context's open bracket (where it is expected to start flipping)."""
+        seen = self.seen[context]
+        lo = max((eta for eta, f in seen.items() if not f), default=min(self.grid) / 10)
+        hi = min((eta for eta, f in seen.items() if f), default=max(self.grid) * 10)
+        return math.sqrt(lo * hi)
+
+    def fraction(self, lr: float) -> float:
+        if lr in self.grid:
+            return sum(self._add(c, lr, self.campaign.run("full", lr, c)) for c in self.campaign.usable) \
+                / len(self.campaign.usable)
+        known = {}
+        for c in self.campaign.usable:
+            if (v := self.implied(c, lr)) is not None:
+                known[c] = v
+                self.cost["implied"] += 1
+            elif (run := self.campaign.stored("full", lr, c)) is not None:
+                known[c] = self._add(c, lr, run)
+                self.cost["reused"] += 1
+        open_ = sorted((c for c in self.campaign.usable if c not in known), key=self._estimate)
+        expected = sum(known.values()) + sum(self._estimate(c) <= lr for c in open_)
+        if expected < math.ceil(len(self.campaign.usable) * CRITICAL_FRACTION):
+            open_.reverse()                 # a failure is expected: the likeliest misses first
+        return flip_fraction(self.campaign, lr, self.prefetch, known=known, order=open_, on_run=self._made)
+
+    def violations(self) -> list[tuple[str, float, float]]:
+        """``(context, η_flip, η_miss)`` for every flip at a lower LR than a miss of the same context."""
+        return [(c, up, down) for c, seen in self.seen.items() for up, f in sorted(seen.items()) if f
+                for down, g in sorted(seen.items()) if not g and down > up]
+
+
+def _critical_lr_entry(campaign, rtol: float, prefetch: Prefetch | None) -> dict:
+    """The stored η_c bisection of a campaign, computed on a miss (see :func:`critical_lr_of`)."""
+    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
+
+    def compute() -> dict:
+        bisection = _Bisection(campaign, grid, prefetch)
+        result = dataclasses.asdict(laws.critical_lr(bisection.fraction, grid, rtol=rtol))
+        violations = bisection.violations()
+        return {**result, "cost": bisection.cost, "violations": violations,
+                "checked": sum(map(len, bisection.seen.values()))}
+
+    key = runs.key("critical_lr", campaign.model, grid=grid, steps=campaign.plan.steps, stop=campaign.plan.stop,
+                   rtol=rtol, contexts=campaign.usable, device=runs.device_type(campaign.device))
+    return campaign.store.get_or_compute(key, compute)
 
 
 def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL, prefetch: Prefetch | None = None) -> laws.CriticalLR:
     """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
 
     The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
-    the first success); every other probe runs the contexts with ``stop="born_flip"``
-    (:func:`flip_fraction`, whose waves ``prefetch`` computes first, e.g. in parallel).
+    the first success); every other probe counts the contexts whose outcome is already
+    implied (per-context monotonicity in η, checked on every run read) or stored, and runs
+    the rest with ``stop="born_flip"`` (:func:`flip_fraction`, whose waves ``prefetch``
+    computes first, e.g. in parallel). :func:`bisection_report` says what it cost.
     """
-    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
-
-    def fraction(lr: float) -> float:
-        if lr in grid:
-            return sum(map(_born_flipped, campaign.runs("full", lr))) / len(campaign.usable)
-        return flip_fraction(campaign, lr, prefetch)
-
-    def compute() -> dict:
-        return dataclasses.asdict(laws.critical_lr(fraction, grid, rtol=rtol))
-
-    key = runs.key("critical_lr", campaign.model, grid=grid, steps=campaign.plan.steps, stop=campaign.plan.stop,
-                   rtol=rtol, contexts=campaign.usable, device=runs.device_type(campaign.device))
-    d = campaign.store.get_or_compute(key, compute)
+    d = _critical_lr_entry(campaign, rtol, prefetch)
     return laws.CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
-                      tuple(map(tuple, d["probes"])), d["converged"])
+                           tuple(map(tuple, d["probes"])), d["converged"])
+
+
+def bisection_report(campaign, *, rtol: float = CRITICAL_RTOL) -> str:
+    """One line on a model's η_c bisection: its probe runs and steps, and the monotonicity check."""
+    d = _critical_lr_entry(campaign, rtol, None)
+    cost, bad = d["cost"], d["violations"]
+    check = (f"monotonicity in η held on all {d['checked']} runs read" if not bad else
+             f"monotonicity in η VIOLATED on {len(bad)} pair(s) of the {d['checked']} runs read: "
+             + "; ".join(f"{c} flips at {up:.3g} but not at {down:.3g}" for c, up, down in bad))
+    eta_c = "above the grid" if d["eta_c"] is None else f"{d['eta_c']:.3g}"
+    return (f"η_c = {eta_c} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
+            f"{cost['probe_steps']} steps; {cost['implied']} outcomes implied by monotonicity, "
+            f"{cost['reused']} read from stored runs; {check}")
 
 
 def blind_statistic(campaign) -> laws.BlindQ:

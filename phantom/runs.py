@@ -179,7 +179,8 @@ def _trajectory_check(**expected) -> Callable[[dict], None]:
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
                seed: int = SEED, stop: str = "never", observables: str = "claims", device: str = "cpu",
-               store: RunStore | None = None, loader: Callable = SLOT, heavy_lock: bool = True) -> Trajectory:
+               store: RunStore | None = None, loader: Callable = SLOT, heavy_lock: bool = True,
+               stored_only: bool = False) -> Trajectory | None:
     """A run from the store, computed (once across all processes) on a miss (SPEC §4).
 
     The key holds the observable set; a request for ``"claims"`` is served by an ``"all"``
@@ -197,6 +198,8 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
         Full FT of a model above :data:`HEAVY_PARAMS` takes the machine-wide lock file in the
         store root (default). A scheduler that already allows one such run per node (the Ray
         executor's ``phantom_heavy_ft`` resource) passes False.
+    stored_only : bool
+        Only look the run up: None when the store does not hold it (nothing is computed).
     """
     lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed, observables)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
@@ -211,6 +214,9 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
     if observables != "all" and (wider := store.get(run_key("all"), check)) is not None:
         return Trajectory.from_dict(wider)
+    if stored_only:
+        found = store.get(run_key(observables), check)
+        return None if found is None else Trajectory.from_dict(found)
 
     def compute() -> dict:
         loaded = loader(model)

@@ -100,36 +100,32 @@ def test_quick_plan():
     assert plan_for("quick", TINY) == p                            # the same for every model
 
 
-@pytest.mark.parametrize("info, step_s", [(SMOL, 1.17), (GEMMA, 4.71)], ids=["smollm2", "gemma3"])
-def test_full_ft_seconds_matches_the_measured_steps(info, step_s):
-    """The cost model reproduces the measured single-thread full-FT steps it was fitted to."""
+@pytest.mark.parametrize("info, step_s, rel", [(SMOL, 0.45, 0.15), (GEMMA, 0.78, 0.01)], ids=["smollm2", "gemma3"])
+def test_full_ft_seconds_matches_the_measured_steps(info, step_s, rel):
+    """The cost model reproduces the measured single-thread full-FT steps (fitted on Gemma-3's)."""
     runs_per_lr = len(contexts.CONTEXTS)
     per_step = campaign.full_ft_seconds(info) / (30 * len(Plan().full_lrs) * runs_per_lr)
-    assert per_step == pytest.approx(step_s, rel=0.01)
+    assert per_step == pytest.approx(step_s, rel=rel)
     reduced = Plan(sweep=(ETA_REF,), extended=())                   # one full-FT LR instead of eight
     assert campaign.full_ft_seconds(info, reduced) == pytest.approx(campaign.full_ft_seconds(info) / 8, rel=1e-12)
 
 
 def test_standard_plans():
-    assert campaign.full_ft_seconds(SMOL) < campaign.STANDARD_FULL_FT_S < campaign.full_ft_seconds(GEMMA)
-    small = plan_for("standard", SMOL)
-    assert small.sweep == SPEC_SWEEP and small.extended == SPEC_EXTENDED and small.eta_c
-    assert small.lora == (LORA_REF,) and len(small.reductions) == 1
-    gemma = plan_for("standard", GEMMA)
-    assert gemma.sweep == (ETA_REF,) and gemma.extended == () and gemma.lora == (LORA_REF,) and not gemma.eta_c
-    assert len(gemma.reductions) == 4
-    hours = f"≈{campaign.full_ft_seconds(GEMMA) / 3600:.1f} h"        # the reason states the estimate
-    assert hours in gemma.reductions[0]
+    assert campaign.full_ft_seconds(GEMMA) < campaign.STANDARD_FULL_FT_S < campaign.full_ft_seconds(QWEN)
+    for info in (SMOL, GEMMA, TINY):                  # the complete SPEC §4 protocol, nothing reduced
+        assert plan_for("standard", info) == Plan() and not Plan().reductions
     qwen = plan_for("standard", QWEN)
     assert qwen.sweep == (ETA_REF,) and qwen.extended == () and qwen.lora == (LORA_REF,) and not qwen.eta_c
-    assert plan_for("standard", TINY) == small
+    assert len(qwen.reductions) == 4
+    hours = f"≈{campaign.full_ft_seconds(QWEN) / 3600:.1f} h"         # the reason states the estimate
+    assert hours in qwen.reductions[0]
 
 
 def test_standard_plan_follows_the_cost_not_the_name(monkeypatch):
-    named_gemma = dataclasses.replace(SMOL, name="gemma3-270m")
-    assert plan_for("standard", named_gemma) == plan_for("standard", SMOL)
-    named_smol = dataclasses.replace(GEMMA, name="smollm2-135m")
-    assert plan_for("standard", named_smol) == plan_for("standard", GEMMA)
+    named_qwen = dataclasses.replace(SMOL, name="qwen2.5-0.5b")
+    assert plan_for("standard", named_qwen) == plan_for("standard", SMOL)
+    named_smol = dataclasses.replace(QWEN, name="smollm2-135m")
+    assert plan_for("standard", named_smol) == plan_for("standard", QWEN)
     cost = campaign.full_ft_seconds(SMOL)
     monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost)          # at the ceiling: still the sweep
     assert plan_for("standard", SMOL).sweep == SPEC_SWEEP
@@ -331,8 +327,8 @@ def test_planned_full_plan(fake, rs):
     assert fake.trajectory_calls == []                              # planning computes nothing
 
 
-@pytest.mark.parametrize("budget, info", [("quick", SMOL), ("standard", SMOL), ("standard", GEMMA)],
-                         ids=["quick-smollm2", "standard-smollm2", "standard-gemma3"])
+@pytest.mark.parametrize("budget, info", [("quick", SMOL), ("standard", QWEN)],
+                         ids=["quick-smollm2", "standard-qwen"])
 def test_planned_reduced_plans(fake, rs, budget, info):
     plan = plan_for(budget, info)
     camp = Campaign(info.name, plan, store=rs, loader=never_load)

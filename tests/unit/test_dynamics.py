@@ -8,6 +8,7 @@ so the no-leakage test can compare a rerun made after other runs against it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -34,7 +35,7 @@ def assert_same_run(a, b):
     """Bitwise equal series (every one of SERIES) and equal meta apart from timing."""
     assert set(a.series) == set(b.series) == set(SERIES)
     for name in SERIES:
-        assert np.array_equal(a[name], b[name]), f"series {name!r} differs: {a[name]} vs {b[name]}"
+        assert np.array_equal(a[name], b[name], equal_nan=True), f"series {name!r} differs: {a[name]} vs {b[name]}"
         # np.array_equal treats -0.0 == 0.0: compare the bits too
         assert a[name].tobytes() == b[name].tobytes(), f"series {name!r} differs in its bits"
     strip = lambda m: {k: v for k, v in m.items() if k not in META_VOLATILE}  # noqa: E731
@@ -267,6 +268,30 @@ def test_tiny_full_changes_embedding_and_untied_head(tiny, arch):
         assert np.array_equal(traj["head_equal"], [1.0] + [0.0] * T)
     assert zoo.state_sha256(loaded.model) == sha
     np.testing.assert_allclose(traj["phi"], traj["signal"] + traj["drag"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", tiny_models.ARCHS)
+def test_tiny_full_ft_lookup_gradient_is_sparse_only_when_tied(tiny, arch):
+    """A tied embedding's lookup gradient is sparse; an untied one stays dense (fused AdamW)."""
+    model = dynamics.prepare(tiny[arch], "full", seed=0)
+    dynamics._sparse_lookup(model)
+    assert model.get_input_embeddings().sparse == tiny[arch].info.tied
+
+
+@pytest.mark.parametrize("arch", tiny_models.ARCHS)
+def test_tiny_full_ft_speedups_leave_every_bit(tiny, arch, monkeypatch):
+    """The sparse lookup gradient and the reused heap change no bit of a trajectory whose
+    context has no repeated token (every SPEC §3 context on the offline zoo); a repeated token's
+    gradient rows are summed in another order, which moves only the float rounding."""
+    loaded = tiny[arch]
+    repeated = contexts.Context("twice", "the the the the", ("the", "a"))
+    fast = [dynamics.run(loaded, c, mode="full", lr=TINY_LR, steps=T) for c in (TINY_CONTEXT, repeated)]
+    monkeypatch.setattr(dynamics, "_sparse_lookup", lambda model: None)
+    monkeypatch.setattr(dynamics.heap, "reused", contextlib.nullcontext)
+    plain = [dynamics.run(loaded, c, mode="full", lr=TINY_LR, steps=T) for c in (TINY_CONTEXT, repeated)]
+    assert_same_run(fast[0], plain[0])
+    for name in ("loss", "phi", "signal", "drag", "p_g", "p_c"):
+        np.testing.assert_allclose(fast[1][name], plain[1][name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_tiny_tied_flags():

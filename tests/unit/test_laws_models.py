@@ -11,14 +11,17 @@ Llama through a real Campaign.
 from __future__ import annotations
 
 import math
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tiny_models
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from phantom import campaign, contexts, dynamics, geometry, runs, store, zoo
+from phantom import campaign, contexts, dynamics, geometry, laws, runs, store, zoo
 from phantom.campaign import Campaign, ModelLaws, Plan
 from phantom.protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
@@ -78,6 +81,10 @@ class FakeCampaign:
         self.orientations = {c: pair(c) for c in self.usable}
         self.make = make
         self.calls: list[tuple] = []
+        self.held: dict[tuple, Trajectory] = {}    # (mode, lr, context) → a run "the store holds"
+
+    def stored(self, mode, lr, context):
+        return self.held.get((mode, lr, context))
 
     def run(self, mode, lr, context, stop=None):
         assert context in self.usable
@@ -296,7 +303,7 @@ def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
     assert res.converged
     lo, hi = res.bracket
     assert lo < theta <= hi and hi == res.eta_c and hi / lo - 1 <= 0.01
-    # the grid (extended + sweep) is read upwards until its first success (1e-5: 6 of 10), no further
+    # the grid (extended + sweep) is read upwards until its first success (1e-5: 6 of 10)
     scanned = (2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5)
     assert res.probes[:6] == ((2e-7, 0.0), (5e-7, 0.0), (1e-6, 0.0), (2e-6, 0.0), (5e-6, 0.2), (1e-5, 0.6))
     for eta, f in res.probes[6:]:
@@ -307,10 +314,86 @@ def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
     probes = [call for call in camp.calls if call[1] not in GRID]
     assert probes and all(mode == "full" and stop == "born_flip" for mode, _, _, stop in probes)
     assert {lr for _, lr, _, _ in probes} == {eta for eta, _ in res.probes[6:]}
+    # only the contexts open between 5e-6 and 1e-5 are ever probed (θ factors 0.7 … 1.2);
+    # the others are implied by their grid outcomes (monotonicity in η)
+    assert {c for _, _, c, _ in probes} <= set(CONTEXTS[2:6])
+    report = campaign.bisection_report(camp)
+    assert f"{len(probes)} probe runs" in report and f"held on all {60 + len(probes)} runs read" in report
 
     again = FakeCampaign(tmp_path / "runs", never_run)        # same store: served from it
     assert campaign.critical_lr_of(again) == res
     assert again.calls == []
+
+
+def exhaustive_critical_lr(theta: dict[str, float]) -> laws.CriticalLR:
+    """The bisection with every context run at every probe (no inference, no early stop)."""
+    return laws.critical_lr(lambda lr: float(np.mean([lr >= t for t in theta.values()])), GRID)
+
+
+class Thresholds:
+    """``make``: context c Born-flips iff lr ≥ θ_c (monotone in η)."""
+
+    def __init__(self, theta):
+        self.theta = theta
+
+    def __call__(self, mode, lr, context, stop):
+        return traj([PHI0, 0.1 if lr >= self.theta[context] else PHI0], context=context, lr=lr, stop=stop)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(1e-7, 1e-4), min_size=10, max_size=10))
+def test_bisection_with_inference_finds_the_exhaustive_eta_c(fake_weights, thresholds):
+    """Implied outcomes, stored runs and the deciding order change the cost, never η_c."""
+    theta = dict(zip(CONTEXTS, thresholds))
+    with tempfile.TemporaryDirectory() as root:
+        camp = FakeCampaign(root, Thresholds(theta))
+        res = campaign.critical_lr_of(camp)
+        cost = campaign.bisection_report(camp)
+    expected = exhaustive_critical_lr(theta)
+    assert (res.eta_c, res.bracket, res.converged) == (expected.eta_c, expected.bracket, expected.converged)
+    assert [eta for eta, _ in res.probes] == [eta for eta, _ in expected.probes]
+    assert [f >= 0.5 for _, f in res.probes] == [f >= 0.5 for _, f in expected.probes]
+    assert "held on all" in cost
+    probed = [c for _, lr, c, _ in camp.calls if lr not in GRID]
+    assert len(probed) <= len(res.probes[len(GRID):]) * len(CONTEXTS) if res.converged else True
+
+
+def test_bisection_reads_stored_runs_instead_of_running_them(tmp_path, fake_weights):
+    first = FakeCampaign(tmp_path / "a", World())
+    res = campaign.critical_lr_of(first)
+    made = [call for call in first.calls if call[1] not in GRID]
+    assert made
+    again = FakeCampaign(tmp_path / "b", World())             # another store, holding those runs
+    again.held = {(m, lr, c): World()(m, lr, c, stop) for m, lr, c, stop in made}
+    assert campaign.critical_lr_of(again) == res
+    assert not [call for call in again.calls if call[1] not in GRID]
+    assert f"{len(made)} read from stored runs" in campaign.bisection_report(again)
+
+
+def test_bisection_runs_the_likeliest_deciders_first(tmp_path, fake_weights):
+    # open between 5e-6 and 1e-5: θ = 6e-6, 7e-6, 8e-6, 9e-6; a probe at 5.1e-6 after a failing one
+    theta = dict(zip(CONTEXTS, [1e-7, 2e-7, 3e-7, 6e-6, 7e-6, 8e-6, 9e-6, 1e-3, 1e-3, 1e-3]))
+    camp = FakeCampaign(tmp_path / "runs", Thresholds(theta))
+    res = campaign.critical_lr_of(camp)
+    assert res.eta_c == exhaustive_critical_lr(theta).eta_c
+    probes = [(lr, c) for _, lr, c, _ in camp.calls if lr not in GRID]
+    first_lr = probes[0][0]                  # √(5e-6 · 1e-5) ≈ 7.07e-6: 3 + 4 open ≥ 5 expected to flip
+    assert [c for lr, c in probes if lr == first_lr][:2] == CONTEXTS[3:5]   # the likeliest flips first
+
+
+def test_bisection_reports_monotonicity_violations(tmp_path, fake_weights):
+    world = World()
+
+    def make(mode, lr, context, stop):                      # the last context flips at 2e-6 only
+        if context == CONTEXTS[9] and lr == 2e-6:
+            return traj([PHI0, 0.1], context=context, lr=lr, stop=stop)
+        return world(mode, lr, context, stop)
+
+    camp = FakeCampaign(tmp_path / "runs", make)
+    assert 7.3e-6 <= campaign.critical_lr_of(camp).eta_c <= 7.3e-6 * 1.01   # a contradicted context is run
+    report = campaign.bisection_report(camp)
+    assert "VIOLATED on" in report             # against every scanned and probed LR above 2e-6
+    assert f"{CONTEXTS[9]} flips at 2e-06 but not at 5e-06" in report
 
 
 def test_critical_lr_of_above_and_below_the_grid(tmp_path, fake_weights):

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from phantom import contexts, dynamics, runs, store, zoo
+from phantom.campaign import Campaign, Plan
 from phantom.protocol import PROTOCOL_VERSION
 from phantom.store import RunStore
 from phantom.trajectory import SERIES, Trajectory
@@ -257,6 +258,19 @@ def test_warm_store_answers_without_loading(cold, monkeypatch):
     spelled = runs.trajectory(SMOL, contexts.get(CONTEXT), mode="lora", lr=np.float64(1e-3), steps=3,
                                store=RunStore(cold["root"]), loader=NoLoad())
     assert_same_trajectory(spelled, cold["traj"])
+
+
+@slow
+def test_stored_only_looks_up_and_never_computes(cold, monkeypatch):
+    monkeypatch.setattr(dynamics, "run", NoLoad())
+    found = runs.trajectory(SMOL, CONTEXT, **BASE, store=RunStore(cold["root"]), loader=NoLoad(), stored_only=True)
+    assert_same_trajectory(found, cold["traj"])
+    other = {**BASE, "lr": 3e-4}
+    assert runs.trajectory(SMOL, CONTEXT, **other, store=RunStore(cold["root"]), loader=NoLoad(),
+                           stored_only=True) is None
+    camp = Campaign(SMOL, Plan(steps=BASE["steps"]), RunStore(cold["root"]), loader=NoLoad())
+    assert_same_trajectory(camp.stored("lora", BASE["lr"], CONTEXT), cold["traj"])   # any stop policy
+    assert camp.stored("lora", 3e-4, CONTEXT) is None
 
 
 @slow
