@@ -6,7 +6,7 @@ PYTEST := $(PY) -m pytest
 BUDGET ?= standard
 STAMP  := $(VENV)/.phantom-installed
 
-.PHONY: setup test bench claims qwen cluster clean
+.PHONY: setup test bench claims claims-full qwen cluster clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ bench: setup         ## benchmarks with timings (pytest-benchmark)
 
 claims: setup        ## the claim suite on the offline zoo; writes verdicts.json and CLAIMS.md
 	$(PYTEST) tests/claims -n auto --budget $(BUDGET)
+
+claims-full: qwen   ## the claims at --budget full (Qwen too; hours of CPU, resumable) -> docs/claims-full.md
+	$(PYTEST) tests/claims -n auto --budget full --claims-md docs/claims-full.md \
+		--verdicts docs/verdicts-full.json --expected tests/claims/expected-full.toml
 
 cluster: setup       ## opt-in: Ray for `phantom campaign --executor ray` (the phantom[cluster] extra)
 	$(PIP) install -q -c requirements/lock.txt -e '.[test,cluster]'

@@ -403,6 +403,15 @@ def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL, prefetch: Prefetch 
                            tuple(map(tuple, d["probes"])), d["converged"])
 
 
+def eta_c_text(result: laws.CriticalLR) -> str:
+    """``"η_c = …"``, or where η_c lies when no bracket was found."""
+    if result.converged:
+        return f"η_c = {result.eta_c:.3g}"
+    lrs = [eta for eta, _ in result.probes]
+    return (f"η_c > {max(lrs):.3g} (no LR probed flips half the contexts)" if result.eta_c is None
+            else f"η_c ≤ {result.eta_c:.3g} (every LR probed flips half the contexts)")
+
+
 def bisection_report(campaign, *, rtol: float = CRITICAL_RTOL) -> str:
     """One line on a model's η_c bisection: its probe runs and steps, and the monotonicity check."""
     d = _critical_lr_entry(campaign, rtol, None)
@@ -410,8 +419,8 @@ def bisection_report(campaign, *, rtol: float = CRITICAL_RTOL) -> str:
     check = (f"monotonicity in η held on all {d['checked']} runs read" if not bad else
              f"monotonicity in η VIOLATED on {len(bad)} pair(s) of the {d['checked']} runs read: "
              + "; ".join(f"{c} flips at {up:.3g} but not at {down:.3g}" for c, up, down in bad))
-    eta_c = "above the grid" if d["eta_c"] is None else f"{d['eta_c']:.3g}"
-    return (f"η_c = {eta_c} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
+    eta_c = eta_c_text(critical_lr_of(campaign, rtol=rtol))
+    return (f"{eta_c} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
             f"{cost['probe_steps']} steps; {cost['implied']} outcomes implied by monotonicity, "
             f"{cost['reused']} read from stored runs; {check}")
 
@@ -448,8 +457,9 @@ def blind_predictions(campaigns: Sequence[Campaign]) -> tuple[list[laws.Predicti
     """Leave-one-out blind predictions of η_c (SPEC §5, C13) over the campaigns that allow one.
 
     A model takes part when its plan has the critical-LR bisection, its ``q`` exists (some
-    context has ``r > 0``) and its ``η_c`` lies on the grid. Each prediction is fixed before
-    the held-out model's ``η_c`` is read (:func:`phantom.laws.leave_one_out`).
+    context has ``r > 0``) and its ``η_c`` was bracketed (:func:`phantom.laws.critical_lr`).
+    Each prediction is fixed before the held-out model's ``η_c`` is read
+    (:func:`phantom.laws.leave_one_out`).
 
     Returns
     -------
@@ -464,14 +474,19 @@ def blind_predictions(campaigns: Sequence[Campaign]) -> tuple[list[laws.Predicti
             excluded[c.model] = "no critical-LR bisection in its plan"
         elif (bq := blind_statistic(c)).q is None:
             excluded[c.model] = f"no context with r > 0 ({', '.join(bq.excluded)})"
-        elif (ec := critical_lr_of(c)).eta_c is None:
-            excluded[c.model] = f"η_c above the grid (probes {ec.probes})"
+        elif not (ec := critical_lr_of(c)).converged:
+            excluded[c.model] = f"no bracket on η_c: {eta_c_text(ec)}"
         else:
             q[c.model] = bq.q
     by_model = {c.model: c for c in campaigns}
     if len(q) < 2:
         return [], excluded
     return laws.leave_one_out(q, lambda m: critical_lr_of(by_model[m]).eta_c), excluded
+
+
+def _bracketed(result: laws.CriticalLR) -> float | None:
+    """η_c when the bisection bracketed it, else None (only a bound is known)."""
+    return result.eta_c if result.converged else None
 
 
 def laws_table(campaigns: Sequence[Campaign]) -> list[ModelLaws]:
@@ -484,7 +499,7 @@ def laws_table(campaigns: Sequence[Campaign]) -> list[ModelLaws]:
             model=c.model, g2mean=b["g2mean"], shape=b["kind"], cls=b["cls"], eta_sat=eta_sat, h_ft=h,
             b_ft=burial_ft(c), lora_sufficiency=lora_sufficiency(c),
             q=blind_statistic(c).q if c.plan.eta_c else None,
-            eta_c=critical_lr_of(c).eta_c if c.plan.eta_c else None)
+            eta_c=_bracketed(critical_lr_of(c)) if c.plan.eta_c else None)
     predictions, _ = blind_predictions(campaigns)
     for p in predictions:
         rows[p.model] = dataclasses.replace(rows[p.model], eta_hat=p.eta_hat, rel_error=p.rel_error)

@@ -283,7 +283,7 @@ def _c12(zoo: Sequence[cmp.Campaign]) -> Verdict:
 def _c13(zoo: Sequence[cmp.Campaign]) -> Verdict:
     bisected = [c for c in zoo if c.plan.eta_c]
     if len(bisected) < 2:   # nothing to predict: report the η_c that was measured
-        measured = ", ".join(f"{c.model} η_c={cmp.critical_lr_of(c).eta_c:.3g}" for c in bisected)
+        measured = ", ".join(f"{c.model} {cmp.eta_c_text(cmp.critical_lr_of(c))}" for c in bisected)
         return not_testable("C13", "zoo", f"needs ≥2 models with a critical-LR bisection, have {len(bisected)}"
                             + (f" ({measured})" if bisected else ""), len(bisected))
     predictions, excluded = cmp.blind_predictions(bisected)

@@ -29,6 +29,7 @@ SAT_SPAN = 100.0
 _LOG_STEP = 0.05          # coarse grid spacing in ln η_sat
 _LOG_TOL = 1e-7           # golden-section stopping width in ln η_sat (≈ 1e-7 relative)
 _INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
+EXTEND_DECADES = 3        # η_c search beyond the LR grid, in decades each way (not a SPEC value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,8 +292,9 @@ class CriticalLR:
     Attributes
     ----------
     eta_c : float or None
-        The critical LR (the upper end of the final bracket); ``grid[0]`` if the smallest grid
-        LR already succeeds (below the grid); ``None`` if no grid LR succeeds (above the grid).
+        The critical LR (the upper end of the final bracket). Without a bracket: the smallest
+        LR probed if every probe succeeds (an upper bound: η_c lies below it), ``None`` if no
+        probe succeeds (η_c lies above the largest).
     bracket : tuple of float or None
         Final ``(lo, hi)`` with ``f(lo) < 0.5 ≤ f(hi)``; ``None`` when no bracket exists.
     probes : tuple of (float, float)
@@ -309,7 +311,8 @@ class CriticalLR:
 
 
 def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], *,
-                rtol: float = CRITICAL_RTOL, known: Mapping[float, float] | None = None) -> CriticalLR:
+                rtol: float = CRITICAL_RTOL, known: Mapping[float, float] | None = None,
+                extend: int = EXTEND_DECADES) -> CriticalLR:
     """Locate ``η_c`` by a grid scan then bisection in log η (SPEC §5).
 
     ``η_c`` is the smallest full-FT LR at which the Born flip happens by ``T`` for at least
@@ -328,6 +331,8 @@ def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], 
         Positive, finite, distinct LRs (any order).
     rtol : float
         Relative bracket width at which bisection stops (default 1%).
+    extend : int
+        Decades probed below (above) the grid when its smallest LR succeeds (no LR succeeds).
     known : mapping of float to float, optional
         Fractions already measured (e.g. on grid points); reused without calling. Keys are
         matched to probed LRs to within 1e-9 relative.
@@ -335,9 +340,9 @@ def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], 
     Returns
     -------
     CriticalLR
-        All grid LRs fail: ``eta_c=None``, ``converged=False`` (above the grid). The smallest
-        grid LR succeeds: ``eta_c=grid[0]``, ``bracket=None``, ``converged=False`` (below the
-        grid); the caller reports either case.
+        No bracket within ``extend`` decades: ``bracket=None``, ``converged=False``, and
+        ``eta_c=None`` (every probe fails) or the smallest LR probed (every probe succeeds);
+        the caller reports either case.
     """
     g = np.asarray(grid, dtype=np.float64)
     if g.ndim != 1 or g.size == 0:
@@ -378,17 +383,27 @@ def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], 
         probes.append((eta, v))
         return v
 
-    hi_idx = None
-    for i, eta in enumerate(g):
-        if f(eta) >= CRITICAL_FRACTION:
-            hi_idx = i
-            break
-    if hi_idx is None:
-        return CriticalLR(eta_c=None, bracket=None, probes=tuple(probes), converged=False)
-    if hi_idx == 0:
-        return CriticalLR(eta_c=float(g[0]), bracket=None, probes=tuple(probes), converged=False)
-
-    lo, hi = float(g[hi_idx - 1]), float(g[hi_idx])
+    hi_idx = next((i for i, eta in enumerate(g) if f(eta) >= CRITICAL_FRACTION), None)
+    if hi_idx is None:                          # above the grid: a decade at a time upwards
+        lo, hi = float(g[-1]), None
+        for k in range(1, extend + 1):
+            if f(float(g[-1]) * 10 ** k) >= CRITICAL_FRACTION:
+                hi = float(g[-1]) * 10 ** k
+                break
+            lo = float(g[-1]) * 10 ** k
+        if hi is None:
+            return CriticalLR(eta_c=None, bracket=None, probes=tuple(probes), converged=False)
+    elif hi_idx == 0:                           # below the grid: a decade at a time downwards
+        lo, hi = None, float(g[0])
+        for k in range(1, extend + 1):
+            if f(float(g[0]) / 10 ** k) < CRITICAL_FRACTION:
+                lo = float(g[0]) / 10 ** k
+                break
+            hi = float(g[0]) / 10 ** k
+        if lo is None:
+            return CriticalLR(eta_c=hi, bracket=None, probes=tuple(probes), converged=False)
+    else:
+        lo, hi = float(g[hi_idx - 1]), float(g[hi_idx])
     converged = True
     while hi / lo - 1.0 > rtol:
         mid = math.sqrt(lo) * math.sqrt(hi)

@@ -10,6 +10,7 @@ controller, before any worker starts. A test function asks for what it needs:
 - ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model,
   costliest first, so that pytest-xdist spreads the fine-tuning over the workers.
 - ``bisected_model`` — the models whose plan has the critical-LR bisection.
+- ``session_model`` — every model of the session.
 - ``claims`` — the :class:`ClaimsSession` (campaigns and run store of this process).
 - ``judge`` — records a verdict and makes it the test's outcome: reproduced passes, not
   reproduced fails (an expected one is a strict xfail), not testable skips with the reason.
@@ -23,6 +24,7 @@ goes to ``<cache>/claims-partial/`` and the committed table is left untouched.
 from __future__ import annotations
 
 import json
+import os
 import time
 import tomllib
 from collections.abc import Callable
@@ -150,6 +152,8 @@ class ClaimsSession:
                 for m in self.models for r in self.campaign(m).planned()])
         if "bisected_model" in metafunc.fixturenames:
             metafunc.parametrize("bisected_model", [m for m in self.models if self.campaign(m).plan.eta_c])
+        if "session_model" in metafunc.fixturenames:
+            metafunc.parametrize("session_model", self.models)
 
     def pytest_sessionstart(self, session):
         """With ``--executor ray``, the controller computes every entry of the session first."""
@@ -205,7 +209,8 @@ class ClaimsSession:
         else:
             partial = default_root().parent / "claims-partial"
             md, js = partial / "CLAIMS.md", partial / "verdicts.json"
-        figures_dir = md.parent / "docs" / "figures"          # linked relative to CLAIMS.md
+        # the repository's docs/figures (the partial table's own), linked relative to the table
+        figures_dir = (self.config.rootpath if complete else md.parent) / "docs" / "figures"
         session = self.session_facts(figures_dir, md.parent)
         report.publish(self.verdicts, session, verdicts_path=js, claims_md=md,
                        log_dir=default_root().parent if complete else None)
@@ -224,16 +229,32 @@ class ClaimsSession:
             versions=runs.versions(), wall_s=time.time() - self.start,
             computed=len(self.keys["computed"]), requested=len(self.keys["requested"]),
             reductions={m: self.campaign(m).plan.reductions for m in self.models},
-            figures={k: str(Path(v).relative_to(relative_to)) if v else v for k, v in figures.items()},
+            bisections={m: bisection_report(self.campaign(m)) for m in self.models if self.campaign(m).plan.eta_c},
+            figures={k: os.path.relpath(v, relative_to) if v else v for k, v in figures.items()},
             history=report.session_log(default_root().parent),
             workers=f"-n {self.config.option.numprocesses}" if getattr(self.config.option, "numprocesses", None)
             else "no xdist")
 
 
+def _read_only(campaign: cmp.Campaign) -> cmp.Campaign:
+    """The same campaign on a read-only view of its store: a missing entry raises NotStored."""
+    return cmp.Campaign(campaign.model, campaign.plan, RunStore(campaign.store.root, read_only=True),
+                        device=campaign.device)
+
+
+def bisection_report(campaign: cmp.Campaign) -> str:
+    """The η_c bisection's cost line from the store (nothing is computed for the header)."""
+    stored = _read_only(campaign)
+    try:
+        return cmp.bisection_report(stored)
+    except NotStored as err:
+        return f"not in the store ({err})"
+
+
 def draw_figures(campaign: cmp.Campaign, outdir: Path) -> dict[str, str]:
     """CLAIMS.md's figures from runs already in the store (nothing is computed for a figure)."""
     from . import plots  # matplotlib, for a claims session only: unit-test sessions load this plugin too
-    stored = cmp.Campaign(campaign.model, campaign.plan, RunStore(campaign.store.root, read_only=True))
+    stored = _read_only(campaign)
     try:
         reference, lora = stored.reference(), stored.lora_reference()
     except NotStored as err:

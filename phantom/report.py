@@ -36,6 +36,7 @@ class Session:
     computed: int                          # distinct store entries computed in this session
     requested: int                         # distinct store entries the session asked for
     reductions: dict[str, Sequence[str]] = field(default_factory=dict)  # model → reductions
+    bisections: dict[str, str] = field(default_factory=dict)            # model → its η_c bisection's cost
     figures: dict[str, str] = field(default_factory=dict)               # caption → relative path
     history: Sequence[dict] = ()    # earlier sessions of this budget and zoo on this machine
     workers: str = "no xdist"       # how the session ran, e.g. "-n auto"
@@ -82,6 +83,10 @@ def _header(s: Session) -> list[str]:
     lines.append("- **early stops** (cost only, recorded per run as `stopped_at`): a run ends once both the "
                  "Born and the rank flip have happened and p_g ≥ 1 − 1e-4 (Φ within ≈3e-4 of its ceiling); "
                  "critical-LR probes end at their Born flip")
+    if s.bisections:
+        lines.append("- **critical-LR bisections** (SPEC §5; an outcome implied by per-context monotonicity "
+                     "in η is not run, and the check of that monotonicity is reported):")
+        lines += [f"  - `{m}`: {text}" for m, text in s.bisections.items()]
     lines.append("- **protocol reductions** (SPEC §4 otherwise):" + ("" if reduced else " none"))
     for m, rs in reduced.items():
         lines += [f"  - `{m}`: {r}" for r in rs]

@@ -2,7 +2,8 @@
 
 Per (model, mode) one benchmark times, on one prepared copy and optimizer, round by round:
 
-* ``bare``: forward (last position only) + cross-entropy + backward + fused AdamW step;
+* ``bare``: forward (last position only) + cross-entropy + backward + fused AdamW step, with
+  ``run``'s memory settings (the reused heap; a tied embedding's sparse lookup gradient);
 * ``instrumented``: the body of ``run``'s loop with the claim suite's observables
   (``observables="claims"``) at a step ``t > 0``: the same step plus the finiteness check, the
   LM-head input hook and :meth:`_Probe.record`;
@@ -30,7 +31,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phantom import contexts, dynamics, zoo
+from phantom import contexts, dynamics, heap, zoo
 from phantom.protocol import MODES
 
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -62,6 +63,8 @@ class Trainer:
     def __init__(self, loaded, mode: str):
         pair = contexts.orient(CONTEXT, loaded)
         self.model = dynamics.prepare(loaded, mode, seed=0)
+        if mode == "full":
+            dynamics._sparse_lookup(self.model)          # as run() does
         self.opt = dynamics.optimizer(self.model, LR[mode])
         self.probe = dynamics._probe(self.model, mode, pair.g_id, pair.c_id, "claims")
         self.ids = contexts.encode(CONTEXT, loaded.tokenizer)
@@ -103,9 +106,14 @@ def _timed(fn) -> float:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("model", MODELS)
 def test_bench_step(benchmark, bandwidth, model, mode):
-    loaded = zoo.load(model)
+    with heap.reused():                                 # as run() does
+        _bench_step(benchmark, bandwidth, zoo.load(model), mode)
+
+
+def _bench_step(benchmark, bandwidth, loaded, mode):
     trainer = Trainer(loaded, mode)
     bare_s, c4_s = [], []
+    model = loaded.info.name
 
     def setup():
         """Untimed by the benchmark: a bare step (and the C4 comparison) timed here, same load."""

@@ -1,13 +1,15 @@
 """The claim suite (SPEC §6): one parametrised test per (claim × model), after the runs they read.
 
 Items run in this order so that pytest-xdist spreads the costly work first: the critical-LR
-bisections (C13's slowest part), then every planned run (costliest first), then the claims,
-which read the same runs back from the store. Parametrisation, expected failures and
-CLAIMS.md come from :mod:`phantom.pytest_plugin`.
+bisections (C13's slowest part), each model's bulk and blind statistics (C10–C13), then every
+planned run (costliest first), then the claims, which read the same entries back from the store.
+Parametrisation, expected failures and CLAIMS.md come from :mod:`phantom.pytest_plugin`.
 """
+import math
+
 import numpy as np
 
-from phantom.campaign import critical_lr_of
+from phantom.campaign import blind_statistic, bulk, critical_lr_of
 from phantom.protocol import CRITICAL_RTOL
 from phantom.trajectory import SERIES
 
@@ -19,6 +21,16 @@ def test_critical_lr(bisected_model, claims):
     if result.converged:
         lo, hi = result.bracket
         assert hi / lo - 1 <= CRITICAL_RTOL and result.eta_c == hi
+
+
+def test_statistics(session_model, claims):
+    """The model's bulk statistics and, with a bisection, its blind ``q``, computed into the store."""
+    camp = claims.campaign(session_model)
+    stats = bulk(camp)
+    assert 0.0 < stats["g2mean"] <= 1.0 and stats["cls"] in ("A", "B", "unclassified")
+    if camp.plan.eta_c:
+        blind = blind_statistic(camp)
+        assert blind.q is None or math.isfinite(blind.q)
 
 
 def test_run(planned_run, claims):

@@ -205,9 +205,9 @@ def test_critical_lr_reuses_known():
     assert not any(c in GRID for c in f.calls)     # grid points never recomputed
     assert all(1e-6 < c < 2e-6 for c in f.calls)   # only bisection points
     assert res.eta_c == pytest.approx(1.5e-6, rel=0.01)
-    # all-known, all-fail: no call at all
+    # all-known, all-fail, no search beyond the grid: no call at all
     f2 = Counter(truth)
-    res2 = critical_lr(f2, GRID, known={e: 0.0 for e in GRID})
+    res2 = critical_lr(f2, GRID, known={e: 0.0 for e in GRID}, extend=0)
     assert f2.calls == [] and res2.eta_c is None
 
 
@@ -215,11 +215,23 @@ def test_critical_lr_all_fail_and_first_succeeds():
     f = Counter(lambda e: 0.2)
     res = critical_lr(f, GRID)
     assert res.eta_c is None and res.bracket is None and not res.converged
-    assert f.calls == sorted(GRID)
+    assert f.calls == pytest.approx(sorted(GRID) + [5e-4, 5e-3, 5e-2])   # three decades above
     g = Counter(lambda e: 0.5)
     res = critical_lr(g, GRID)
-    assert res.eta_c == GRID[0] and res.bracket is None and not res.converged
-    assert g.calls == [GRID[0]]
+    assert res.eta_c == pytest.approx(2e-10) and res.bracket is None and not res.converged
+    assert g.calls == pytest.approx([GRID[0], 2e-8, 2e-9, 2e-10])       # three decades below
+    assert critical_lr(Counter(lambda e: 0.5), GRID, extend=0).eta_c == GRID[0]
+
+
+@pytest.mark.parametrize("eta_star", [3e-10, 3e-9, 1.5e-8, 1.9e-7, 6e-5, 3e-4, 2e-2])
+def test_critical_lr_brackets_beyond_the_grid(eta_star):
+    """η_c is defined by the flips, not by the grid: up to three decades each way are searched."""
+    f = Counter(lambda e: 1.0 if e >= eta_star else 0.0)
+    res = critical_lr(f, GRID)
+    assert res.converged and eta_star <= res.eta_c <= eta_star * 1.01
+    assert len(set(f.calls)) == len(f.calls)
+    lo, hi = res.bracket
+    assert f.fn(lo) < 0.5 <= f.fn(hi)
 
 
 def test_critical_lr_validation():

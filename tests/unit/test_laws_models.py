@@ -354,8 +354,11 @@ def test_bisection_with_inference_finds_the_exhaustive_eta_c(fake_weights, thres
     assert [eta for eta, _ in res.probes] == [eta for eta, _ in expected.probes]
     assert [f >= 0.5 for _, f in res.probes] == [f >= 0.5 for _, f in expected.probes]
     assert "held on all" in cost
-    probed = [c for _, lr, c, _ in camp.calls if lr not in GRID]
-    assert len(probed) <= len(res.probes[len(GRID):]) * len(CONTEXTS) if res.converged else True
+    scanned = [eta for eta, _ in res.probes if eta in GRID]
+    for _, lr, c, _ in camp.calls:
+        if lr not in GRID:      # a probe runs only contexts the scanned grid leaves open at lr
+            assert not any(theta[c] <= g <= lr for g in scanned), (c, lr)      # flipped lower
+            assert not any(lr <= g < theta[c] for g in scanned), (c, lr)       # missed higher
 
 
 def test_bisection_reads_stored_runs_instead_of_running_them(tmp_path, fake_weights):
@@ -397,17 +400,27 @@ def test_bisection_reports_monotonicity_violations(tmp_path, fake_weights):
 
 
 def test_critical_lr_of_above_and_below_the_grid(tmp_path, fake_weights):
-    above = FakeCampaign(tmp_path / "runs", World(theta_star=2e-4), model="above")
-    res = campaign.critical_lr_of(above)
+    never = FakeCampaign(tmp_path / "runs", World(theta_star=1.0), model="never")   # no flip up to 5e-2
+    res = campaign.critical_lr_of(never)
     assert res.eta_c is None and res.bracket is None and not res.converged
-    assert [eta for eta, _ in res.probes] == list(GRID)
-    assert all(stop is None for *_, stop in above.calls) and len(above.calls) == 8 * 10
-    assert campaign.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="above")) == res
+    assert [eta for eta, _ in res.probes] == pytest.approx(list(GRID) + [5e-4, 5e-3, 5e-2])
+    assert campaign.eta_c_text(res) == "η_c > 0.05 (no LR probed flips half the contexts)"
+    assert campaign.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="never")) == res
 
-    below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-7), model="below")
+    above = FakeCampaign(tmp_path / "runs", World(theta_star=2e-4), model="above")  # a decade above
+    res = campaign.critical_lr_of(above)
+    assert res.converged and 2e-4 <= res.eta_c <= 2e-4 * 1.01 and 5e-5 * 0.99 < res.bracket[0]
+
+    below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-7), model="below")  # 8 of 10 flip at 2e-7
     res = campaign.critical_lr_of(below)
-    assert res.eta_c == 2e-7 and res.bracket is None and not res.converged
-    assert {lr for _, lr, _, _ in below.calls} == {2e-7}
+    assert res.converged and 1e-7 <= res.eta_c <= 1e-7 * 1.01
+    assert res.probes[:2] == ((2e-7, 0.8), (pytest.approx(2e-8), 0.0))            # a decade down: none
+    assert {lr for _, lr, _, _ in below.calls if lr in GRID} == {2e-7}
+
+    always = FakeCampaign(tmp_path / "runs", World(theta_star=1e-12), model="always")
+    res = campaign.critical_lr_of(always)
+    assert res.eta_c == pytest.approx(2e-10) and res.bracket is None and not res.converged
+    assert campaign.eta_c_text(res) == "η_c ≤ 2e-10 (every LR probed flips half the contexts)"
 
 
 def test_critical_lr_of_cache_key_follows_the_contexts(tmp_path, fake_weights):
@@ -587,9 +600,10 @@ def test_laws_table_model_without_eta_c(table_world):
         assert rows[m].eta_hat == pytest.approx(rows[m].eta_c, rel=1e-9)
 
 
-def test_laws_table_eta_c_above_the_grid(table_world):
+@pytest.mark.parametrize("theta_star", [1.0, 1e-12], ids=["above", "below"])
+def test_laws_table_eta_c_without_a_bracket(table_world, theta_star):
     make_campaign, set_q = table_world
-    a = make_campaign("model-a", theta_star=2e-4)                   # no sweep LR flips half
+    a = make_campaign("model-a", theta_star=theta_star)             # no LR probed brackets η_c
     b = make_campaign("model-b", theta_star=7.3e-6)
     set_q(a, 1e-5)
     set_q(b, campaign.critical_lr_of(b).eta_c / K)
@@ -607,7 +621,7 @@ def test_blind_predictions_name_every_excluded_model(table_world, monkeypatch):
     a = make_campaign("model-a", theta_star=7.3e-6)
     b = make_campaign("model-b", theta_star=2.6e-5)
     no_bisection = make_campaign("model-c", plan=Plan(eta_c=False))
-    above = make_campaign("model-d", theta_star=2e-4)                   # η_c above the grid
+    above = make_campaign("model-d", theta_star=1.0)                    # η_c above every LR probed
     for m in (a, b):
         set_q(m, campaign.critical_lr_of(m).eta_c / K)
     set_q(above, 1e-5)
@@ -627,7 +641,7 @@ def test_blind_predictions_name_every_excluded_model(table_world, monkeypatch):
         assert p.eta_hat == pytest.approx(p.eta_c, rel=1e-9) and p.rel_error == pytest.approx(0.0, abs=1e-9)
     assert list(excluded) == ["model-c", "model-d", "model-e"]
     assert excluded["model-c"] == "no critical-LR bisection in its plan"
-    assert excluded["model-d"].startswith("η_c above the grid (probes ")
+    assert excluded["model-d"] == "no bracket on η_c: η_c > 0.05 (no LR probed flips half the contexts)"
     assert excluded["model-e"] == f"no context with r > 0 ({', '.join(CONTEXTS)})"
     assert no_bisection.calls == []                                     # nothing measured for it
 

@@ -111,6 +111,15 @@ def test_render_without_reductions_and_with_figures():
     assert all(r.endswith("| — | not run |") for r in table_rows(text))
 
 
+def test_render_bisections_one_line_per_model_only_when_given():
+    lines = {"smollm2-135m": "η_c = 6.6e-07 after 11 probes: 9 probe runs", "gemma3-270m": "not in the store (x)"}
+    text = report.render([], session(bisections=lines))
+    assert "- **critical-LR bisections** (SPEC §5" in text
+    assert all(f"  - `{m}`: {line}\n" in text for m, line in lines.items())
+    assert text.index("critical-LR bisections") < text.index("protocol reductions")
+    assert "critical-LR bisections" not in report.render([], session())
+
+
 @pytest.mark.parametrize("c5, c5b, words", [
     ((NOT_REPRODUCED, NOT_REPRODUCED), (REPRODUCED, REPRODUCED),
      "C5 reproduces on no model and C5b on `smollm2-135m`, `gemma3-270m`"),
