@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phantom import campaign as cmp
-from phantom import claims, cli, executor, files, runs, store, zoo
+from phantom import claims, cli, dynamics, executor, files, runs, store, zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds per model, large enough for saturation fits and an η_c bisection.
@@ -230,6 +230,30 @@ def test_local_compute_fills_the_store_with_everything_a_claims_session_reads(lo
     assert [(a.computed, a.cached) for a in again] == \
         [(0, len(cmp.Campaign(m, PLAN, store.RunStore(root)).planned())) for m in tiny]   # η_c cached: no probe
     assert {p.stem for p in root.glob("*/*.json")} == set(entries)
+
+
+def test_an_interrupted_campaign_resumes_where_it_stopped(local, tiny, tmp_path, monkeypatch):
+    """Ctrl-C in the 7th run: the next session computes only what is missing, to the same bits."""
+    real, made = dynamics.run, []
+
+    def interrupted(*args, **kwargs):
+        if len(made) == 6:
+            raise KeyboardInterrupt
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    root = tmp_path / "runs"
+    with monkeypatch.context() as m:
+        m.setattr(dynamics, "run", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            executor.compute([cmp.Campaign(t, PLAN, store.RunStore(root)) for t in tiny], "local")
+    assert not list(root.rglob("*.tmp"))                       # nothing half-written
+    stored = {p.stem for p in root.glob("*/*.json")}
+    resumed = executor.compute([cmp.Campaign(t, PLAN, store.RunStore(root)) for t in tiny], "local")
+    assert resumed[0].cached == 6                              # the six runs made before are read back
+    assert sum(p.computed for p in resumed) == sum(p.computed for p in local[2]) - 6
+    assert stored <= {p.stem for p in root.glob("*/*.json")}
+    assert payloads(root) == payloads(local[0])                # the whole store, as if never interrupted
 
 
 def test_campaign_command_in_a_pipe_prints_one_line_per_model(local, tiny, monkeypatch, capsys):
