@@ -114,8 +114,9 @@ class Campaign:
                                store=self.store, loader=self.loader)
 
     def stored(self, mode: str, lr: float, context: str) -> Trajectory | None:
-        """A stored run at ``lr`` under any stop policy that decides the Born flip by T, or None."""
-        for stop in dict.fromkeys(("born_flip", self.plan.stop, "never")):
+        """A stored run at ``lr`` made under another stop policy than a probe's (``"born_flip"``)
+        that decides the Born flip by T all the same (the plan's, or none), or None."""
+        for stop in dict.fromkeys(s for s in (self.plan.stop, "never") if s != "born_flip"):
             run = runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps, stop=stop,
                                   device=self.device, store=self.store, loader=self.loader, stored_only=True)
             if run is not None:
@@ -315,8 +316,10 @@ class _Bisection:
 
     A probe counts, without a run, every context whose outcome at that LR is implied by its
     outcomes so far under per-context monotonicity in η (a flip at η' ≤ η, or no flip at
-    η' ≥ η) or decided by a run the store already holds at that LR (any stop policy); it
-    runs the others, those likeliest to settle the majority first. Monotonicity is then
+    η' ≥ η) or decided by a run the store already holds at that LR under another stop policy;
+    it runs the others, those likeliest to settle the majority first (a probe run already
+    stored is read back and counted as a probe run: the cost does not depend on the store's
+    history). Monotonicity is then
     checked on every run it read (the grid scan, the probes, the stored runs): each
     violation is reported.
     """
