@@ -261,7 +261,7 @@ def test_warm_store_answers_without_loading(cold, monkeypatch):
 
 
 @slow
-def test_stored_only_looks_up_and_never_computes(cold, smol, monkeypatch):
+def test_stored_only_looks_up_and_never_computes(cold, smol, monkeypatch, tmp_path):
     monkeypatch.setattr(dynamics, "run", NoLoad())
     found = runs.trajectory(SMOL, CONTEXT, **BASE, store=RunStore(cold["root"]), loader=NoLoad(), stored_only=True)
     assert_same_trajectory(found, cold["traj"])
@@ -273,8 +273,9 @@ def test_stored_only_looks_up_and_never_computes(cold, smol, monkeypatch):
     assert camp.stored("lora", 3e-4, CONTEXT) is None
     # a probe's own run (stop="born_flip") is not "another stop policy": a bisection reads it as a probe run
     monkeypatch.undo()
-    runs.trajectory(SMOL, CONTEXT, **other, stop="born_flip", store=RunStore(cold["root"]), loader=lambda _: smol)
-    assert camp.stored("lora", 3e-4, CONTEXT) is None
+    copy = RunStore(shutil.copytree(cold["root"], tmp_path / "copy"))      # the module's store stays as it is
+    runs.trajectory(SMOL, CONTEXT, **other, stop="born_flip", store=copy, loader=lambda _: smol)
+    assert Campaign(SMOL, Plan(steps=BASE["steps"]), copy, loader=NoLoad()).stored("lora", 3e-4, CONTEXT) is None
 
 
 @slow
