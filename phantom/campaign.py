@@ -319,9 +319,8 @@ class _Bisection:
     η' ≥ η) or decided by a run the store already holds at that LR under another stop policy;
     it runs the others, those likeliest to settle the majority first (a probe run already
     stored is read back and counted as a probe run: the cost does not depend on the store's
-    history). Monotonicity is then
-    checked on every run it read (the grid scan, the probes, the stored runs): each
-    violation is reported.
+    history). Monotonicity is then checked on every run it read (the grid scan, the probes,
+    the stored runs): each violation is reported.
     """
 
     def __init__(self, campaign, grid: Sequence[float], prefetch: Prefetch | None):
@@ -393,17 +392,21 @@ def _critical_lr_entry(campaign, rtol: float, prefetch: Prefetch | None) -> dict
 
 
 def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL, prefetch: Prefetch | None = None) -> laws.CriticalLR:
-    """``η_c(model)`` by bisection in log η, bracketed by the grid runs (SPEC §5); cached.
+    """``η_c(model)`` by bisection in log η (SPEC §5); cached.
 
     The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
-    the first success); every other probe counts the contexts whose outcome is already
+    the first success; decades beyond the grid when it holds no bracket, see
+    :func:`phantom.laws.critical_lr`); every other probe counts the contexts whose outcome is already
     implied (per-context monotonicity in η, checked on every run read) or stored, and runs
     the rest with ``stop="born_flip"`` (:func:`flip_fraction`, whose waves ``prefetch``
     computes first, e.g. in parallel). :func:`bisection_report` says what it cost.
     """
-    d = _critical_lr_entry(campaign, rtol, prefetch)
-    return laws.CriticalLR(d["eta_c"], tuple(d["bracket"]) if d["bracket"] else None,
-                           tuple(map(tuple, d["probes"])), d["converged"])
+    return _result(_critical_lr_entry(campaign, rtol, prefetch))
+
+
+def _result(entry: dict) -> laws.CriticalLR:
+    return laws.CriticalLR(entry["eta_c"], tuple(entry["bracket"]) if entry["bracket"] else None,
+                           tuple(map(tuple, entry["probes"])), entry["converged"])
 
 
 def eta_c_text(result: laws.CriticalLR) -> str:
@@ -422,8 +425,7 @@ def bisection_report(campaign, *, rtol: float = CRITICAL_RTOL) -> str:
     check = (f"monotonicity in η held on all {d['checked']} runs read" if not bad else
              f"monotonicity in η VIOLATED on {len(bad)} pair(s) of the {d['checked']} runs read: "
              + "; ".join(f"{c} flips at {up:.3g} but not at {down:.3g}" for c, up, down in bad))
-    eta_c = eta_c_text(critical_lr_of(campaign, rtol=rtol))
-    return (f"{eta_c} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
+    return (f"{eta_c_text(_result(d))} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
             f"{cost['probe_steps']} steps; {cost['implied']} outcomes implied by monotonicity, "
             f"{cost['reused']} read from stored runs; {check}")
 
