@@ -83,8 +83,13 @@ def _path(config: pytest.Config, option: str, default: Path) -> Path:
     return Path(config.invocation_params.dir) / given if given else Path(config.rootpath) / default
 
 
-def read_expected(path: Path) -> dict[tuple[str, str], dict]:
-    """(claim, model) → entry of an expected.toml; a malformed file is one usage error."""
+def read_expected(path: Path, budget: str) -> dict[tuple[str, str], dict]:
+    """(claim, model) → entry of an expected.toml that applies under ``budget``.
+
+    An entry with a ``budget`` field applies under that budget only (a zoo-level claim's
+    value depends on which models the budget runs); one without applies under every budget.
+    A malformed file, or two entries for one (claim, model, budget), is one usage error.
+    """
     try:
         entries = tomllib.loads(path.read_text(encoding="utf-8")).get("not_reproduced", [])
     except FileNotFoundError:
@@ -94,9 +99,14 @@ def read_expected(path: Path) -> dict[tuple[str, str], dict]:
     out = {}
     for e in entries if isinstance(entries, list) else [entries]:
         if not isinstance(e, dict) or e.get("claim") not in registry.BY_ID or not e.get("model") \
-                or not e.get("reason"):
+                or not e.get("reason") or e.get("budget", budget) not in cmp.BUDGETS:
             raise pytest.UsageError(f"{path}: every [[not_reproduced]] entry needs a known claim, "
-                                    f"a model and a reason; got {e!r}")
+                                    f"a model, a reason and, if any, a budget in {cmp.BUDGETS}; got {e!r}")
+        if e.get("budget", budget) != budget:
+            continue
+        if (e["claim"], e["model"]) in out:
+            raise pytest.UsageError(f"{path}: two [[not_reproduced]] entries for {e['claim']} on "
+                                    f"{e['model']} under budget {budget!r}")
         out[(e["claim"], e["model"])] = e
     return out
 
@@ -110,7 +120,7 @@ class ClaimsSession:
                                         config.getoption("--budget"))
         self.budget = config.getoption("--budget")
         self.device = config.getoption("--device")
-        self.expected = read_expected(_path(config, "--expected", EXPECTED))
+        self.expected = read_expected(_path(config, "--expected", EXPECTED), self.budget)
         self.store = RunStore()
         self.start = time.time()
         self.verdicts: list[registry.Verdict] = []

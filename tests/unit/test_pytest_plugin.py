@@ -7,12 +7,14 @@ flipped expectation fails, not testable skips; the controller writes verdicts.js
 only from a complete session.
 """
 import json
+import re
 
 import pytest
 import tiny_models
 
 from phantom import claims as registry
 from phantom import report
+from phantom.pytest_plugin import read_expected
 
 pytest_plugins = ["pytester"]
 
@@ -121,6 +123,30 @@ def test_malformed_expected_toml_is_one_usage_error(inner):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stderr.str().count("needs a known claim") == 1
     assert not paths["md"].exists()
+
+
+def test_an_expected_entry_with_a_budget_applies_under_that_budget_only(tmp_path):
+    path = tmp_path / "expected.toml"
+    path.write_text(_listed("C2", "m", "any budget") + _listed("C9", "zoo", "n=2") + 'budget = "standard"\n'
+                    + _listed("C9", "zoo", "n=3") + 'budget = "full"\n')
+    assert {k: e["measured"] for k, e in read_expected(path, "standard").items()} == \
+        {("C2", "m"): "any budget", ("C9", "zoo"): "n=2"}
+    assert {k: e["measured"] for k, e in read_expected(path, "full").items()} == \
+        {("C2", "m"): "any budget", ("C9", "zoo"): "n=3"}
+    assert read_expected(path, "quick").keys() == {("C2", "m")}
+
+
+@pytest.mark.parametrize("entries, words", [
+    (_listed("C9", "zoo") + 'budget = "huge"\n', "a budget in"),
+    (_listed("C9", "zoo") * 2, "two [[not_reproduced]] entries for C9 on zoo under budget 'standard'"),
+    (_listed("C9", "zoo") + _listed("C9", "zoo") + 'budget = "standard"\n', "two [[not_reproduced]]"),
+])
+def test_a_bad_or_doubled_expected_entry_is_one_usage_error(tmp_path, entries, words):
+    path = tmp_path / "expected.toml"
+    path.write_text(entries)
+    with pytest.raises(pytest.UsageError, match=re.escape(words)):
+        read_expected(path, "standard")
+    assert read_expected(tmp_path / "absent.toml", "standard") == {}
 
 
 def test_a_session_without_xdist_loaded_works(inner):
