@@ -52,17 +52,23 @@ class Session:
 
 
 def _timings(s: Session) -> list[str]:
-    """The latest cold and warm wall times of this budget and zoo, from the session log."""
-    same = [h for h in list(s.history) + [s.record()]
-            if h["budget"] == s.budget and h["zoo"] == s.zoo and h["models"] == sorted(s.models)]
+    """The latest cold, partly warm and warm wall times of this budget and zoo, from the session log.
+
+    A partly warm session (a campaign resumed, or one model's runs already stored) says how
+    many of the entries it read it computed.
+    """
+    same = [h for h in list(s.history) + [s.record()] if h.get("requested")
+            and h["budget"] == s.budget and h["zoo"] == s.zoo and h["models"] == sorted(s.models)]
     out = []
-    for label, test in (("cold store", lambda h: h.get("requested") and h["computed"] == h["requested"]),
-                        ("warm store", lambda h: h.get("requested") and h["computed"] == 0)):
+    for label, test in (("cold store", lambda h: h["computed"] == h["requested"]),
+                        ("partly warm store", lambda h: 0 < h["computed"] < h["requested"]),
+                        ("warm store", lambda h: h["computed"] == 0)):
         runs = [h for h in same if test(h)]
         if runs:
             h = runs[-1]
+            part = f", {h['computed']} of {h['requested']} entries computed" if label == "partly warm store" else ""
             out.append(f"  - {label}: {h['wall_s'] / 60:.1f} min ({h['date'][:16]} UTC, "
-                       f"{h.get('workers', '?')} on {h.get('cores', '?')} cores)")
+                       f"{h.get('workers', '?')} on {h.get('cores', '?')} cores{part})")
     return out
 
 

@@ -102,6 +102,21 @@ def test_render_store_temperature(computed, total, words):
     assert f"({words}: {computed} of the {total} run-store entries" in text
 
 
+def test_render_lists_the_latest_wall_time_of_each_store_temperature():
+    def logged(date, wall_s, computed, requested=10, budget="standard"):
+        return {"date": f"2026-12-0{date}T00:00:00+00:00", "zoo": "offline", "budget": budget,
+                "models": sorted(MODELS), "wall_s": wall_s, "computed": computed, "requested": requested,
+                "workers": "-n 2", "cores": 2}
+    history = [logged(1, 600, 10), logged(2, 300, 10), logged(3, 120, 4), logged(4, 60, 0),
+               logged(5, 9999, 10, budget="full"), logged(6, 9999, 0, requested=0)]
+    text = report.render([], session(history=history, computed=0, requested=10, wall_s=30))
+    timings = text.split("(latest of each kind):\n")[1].split("\n- **versions**")[0].splitlines()
+    assert timings[:2] == ["  - cold store: 5.0 min (2026-12-02T00:00 UTC, -n 2 on 2 cores)",
+                           "  - partly warm store: 2.0 min (2026-12-03T00:00 UTC, -n 2 on 2 cores, "
+                           "4 of 10 entries computed)"]
+    assert len(timings) == 3 and timings[2].startswith("  - warm store: 0.5 min (")   # this session: the latest warm
+
+
 def test_render_without_reductions_and_with_figures():
     text = report.render([], session(reductions={"smollm2-135m": (), "gemma3-270m": ()},
                                      figures={"Fig. 3": "docs/figures/fig3.png"}))
