@@ -150,6 +150,18 @@ class Campaign:
                 + [("lora", lr, c) for lr in self.plan.lora_lrs for c in self.usable])
 
 
+def schedule(campaigns: list[Campaign]) -> list[tuple[str, str, float, str]]:
+    """(model, mode, lr, context) of every planned run of ``campaigns``, for a pool of workers.
+
+    Runs that take the machine's one heavy full-FT slot (:func:`phantom.runs.heavy`) come
+    first, together, so that a work-stealing pool (pytest-xdist) gives them to one worker
+    while the others take the rest, instead of several workers waiting on the slot. Within
+    each group, campaign order and :meth:`Campaign.planned` order (costliest first).
+    """
+    planned = [(c.model, *r) for c in campaigns for r in c.planned()]
+    return sorted(planned, key=lambda r: not runs.heavy(runs.model_info(r[0]), r[1]))
+
+
 # --- budgets ---------------------------------------------------------------------------
 
 ZOOS = {

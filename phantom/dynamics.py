@@ -186,9 +186,9 @@ class _Probe:
     U: torch.Tensor | None            # live untied output matrix, None when tied
     E0: torch.Tensor | None           # step-0 copies, kept only for the embedding check
     U0: torch.Tensor | None
-    psi: torch.Tensor | None = None   # fixed Ψ under LoRA; recomputed per step under full FT
+    psi: torch.Tensor | None = None   # Ψ, fixed under LoRA; None under full FT (built for purity only)
     observables: str = "all"
-    columns: torch.Tensor | None = None   # LoRA: the pair's fixed (V, 2) columns of G
+    columns: tuple[torch.Tensor, torch.Tensor] | None = None   # geometry.unit_pair_columns (fixed under LoRA)
 
     def recorded(self, t: int) -> set[str]:
         """The optional series recorded at step ``t``."""
@@ -202,18 +202,9 @@ class _Probe:
         E = self.E.detach()
         wanted = self.recorded(t)
         p = torch.softmax(z.to(torch.float64), dim=-1)                    # (V,)
-        if self.psi is not None:                 # LoRA: Ψ is frozen, its pair columns computed once per run
-            if self.columns is None:
-                self.columns = geometry.pair_columns(self.psi, g, c)
-            psi, columns = self.psi, self.columns
-        elif "purity" in wanted:                 # full FT, and purity needs all of Ψ
-            psi = geometry.normalize_rows(E)
-            columns = geometry.pair_columns(psi, g, c)
-        else:                                    # full FT: Ψ never materialised (same bits)
-            psi = None
-            columns, pair = geometry.unit_pair_columns(E, g, c)
-        if psi is not None:
-            pair = psi[[g, c]]                                              # (2, d): ψ_g, ψ_c
+        if self.psi is None or self.columns is None:   # under LoRA Ψ is frozen: once per run
+            self.columns = geometry.unit_pair_columns(E, g, c)
+        columns, pair = self.columns                   # (V, 2): G_gj, G_cj; (2, d): ψ_g, ψ_c
         gap = geometry.born_gap_from_columns(p, columns, g, c)
         g_gc = geometry.pair_overlap(pair, 0, 1)
         row = {
@@ -228,7 +219,7 @@ class _Probe:
         if not all(math.isfinite(row[k]) for k in FINITE):
             return row                      # a diverged state: nothing more to measure in it
         if "purity" in wanted:
-            gamma = geometry.purity(p, psi)
+            gamma = geometry.purity(p, self.psi if self.psi is not None else geometry.normalize_rows(E))
             xi = geometry.localisation_length(gamma)
             row.update(purity=gamma, pr=1.0 / gamma, xi=xi, burial=geometry.burial_depth(xi, g_gc))
         if "embed_equal" in wanted:
@@ -266,6 +257,37 @@ def _should_stop(stop: str, rows: list[dict]) -> bool:
         return born
     return (stop == "saturated" and born and any(r["p_g"] > r["p_c"] for r in rows)
             and rows[-1]["p_g"] >= 1.0 - SATURATION_EPS)
+
+
+def _train(model, opt, probe: _Probe, ids: torch.Tensor, target: torch.Tensor, steps: int,
+           stop: str) -> tuple[list[dict], int | None, int | None]:
+    """The training loop of :func:`run`: ``(rows, diverged_at, stopped_at)``.
+
+    Each step's record reads the training forward's logits and head input (no second forward).
+    """
+    hook = _HeadInput(model.get_output_embeddings())
+    rows = []
+    try:
+        for t in range(steps + 1):
+            with torch.set_grad_enabled(t < steps):
+                z = model(ids, logits_to_keep=1).logits[0, -1]     # (V,) the training forward
+                loss = F.cross_entropy(z[None].float(), target)
+            if not (torch.isfinite(loss) and torch.isfinite(z).all()):
+                return rows, t, None
+            with torch.no_grad():
+                row = probe.record(z.detach(), hook.h, float(loss), t)
+            if not all(math.isfinite(row[k]) for k in FINITE):   # a non-finite embedding row
+                return rows, t, None                              # reaches Φ and D through G
+            rows.append(row)
+            if t < steps and _should_stop(stop, rows):
+                return rows, None, t
+            if t < steps:
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    finally:
+        hook.remove()
+    return rows, None, None
 
 
 def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int = SEED,
@@ -321,31 +343,8 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         g_max, g_max_other = _step_zero_geometry(probe)
         ids = ctx.encode(context, loaded.tokenizer).to(device)
         target = torch.tensor([pair.g_id], device=device)
-        hook = _HeadInput(model.get_output_embeddings())
-        rows, diverged_at, stopped_at, start = [], None, None, time.perf_counter()
-        try:
-            for t in range(steps + 1):
-                with torch.set_grad_enabled(t < steps):
-                    z = model(ids, logits_to_keep=1).logits[0, -1]     # (V,) the training forward
-                    loss = F.cross_entropy(z[None].float(), target)
-                if not (torch.isfinite(loss) and torch.isfinite(z).all()):
-                    diverged_at = t
-                    break
-                with torch.no_grad():
-                    row = probe.record(z.detach(), hook.h, float(loss), t)
-                if not all(math.isfinite(row[k]) for k in FINITE):   # a non-finite embedding row
-                    diverged_at = t                                   # reaches Φ and D through G
-                    break
-                rows.append(row)
-                if t < steps and _should_stop(stop, rows):
-                    stopped_at = t
-                    break
-                if t < steps:
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-        finally:
-            hook.remove()
+        start = time.perf_counter()
+        rows, diverged_at, stopped_at = _train(model, opt, probe, ids, target, steps, stop)
     series = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in SERIES}
     meta = {
         "model": loaded.info.name, "weights_sha256": loaded.info.weights_sha256,

@@ -130,7 +130,7 @@ def resources(info: zoo.ModelInfo, kind: str, mode: str | None = None, device: s
     request = {"num_cpus": 1, "memory": peak_rss(info.n_params, work)}
     if kind == "trajectory" and runs.device_type(device) != "cpu":
         request["num_gpus"] = GPU_SHARE[mode]
-    if kind == "trajectory" and mode == "full" and info.n_params > runs.HEAVY_PARAMS:
+    if kind == "trajectory" and runs.heavy(info, mode):
         request["resources"] = {HEAVY: 1}
     return request
 

@@ -59,10 +59,15 @@ def _distribution(p, vocab: int) -> torch.Tensor:
     return p
 
 
+def _unit(E: torch.Tensor) -> torch.Tensor:
+    """``E``'s rows over their norms (a zero row stays zero). A row's norm, and so its unit
+    row, has the same bits whatever rows share the tensor (tested)."""
+    return E / E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
+
+
 def normalize_rows(E) -> torch.Tensor:
     """Return ``Ψ`` with ``ψ_i = E_i / ‖E_i‖`` (SPEC §1). A zero row stays zero."""
-    E = _matrix(E)
-    return E / E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
+    return _unit(_matrix(E))
 
 
 def _pair_gram(psi: torch.Tensor, g: int, c: int) -> torch.Tensor:
@@ -100,26 +105,29 @@ def pair_columns(psi, g: int, c: int) -> torch.Tensor:
 
 
 def unit_pair_columns(E, g: int, c: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pair_columns` of ``normalize_rows(E)`` without materialising Ψ (V×d).
+    """The pair's columns of ``G`` straight from ``E``, without materialising Ψ (V×d).
 
-    The rows are normalised ``chunk`` at a time (a chunk stays in cache), with the same float32
-    operations as :func:`normalize_rows`, so the result is bit for bit that of
-    ``pair_columns(normalize_rows(E), g, c)`` at one read of ``E`` (plus one for the norms).
+    ``G_gj = (E_j·ψ_g) / ‖E_j‖``: one pass over ``E``, a chunk of rows at a time (the chunk's
+    dot products and norms read it while it is in cache); the quotient is taken in float64.
+    It equals :func:`pair_columns` of ``normalize_rows(E)`` to float32 rounding (the division
+    comes after the product instead of before), and is what :mod:`phantom.dynamics` records.
 
     Returns
     -------
     G : (V, 2) float64 tensor
-        The pair's columns.
+        The pair's columns, its own 2×2 block renormalised in float64 as in :func:`pair_columns`.
     pair : (2, d) tensor
-        ``ψ_g`` and ``ψ_c``, the pair's unit rows.
+        ``ψ_g`` and ``ψ_c``, the pair's unit rows (the rows of :func:`normalize_rows`).
     """
     E = _matrix(E)
-    norms = E.norm(dim=1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)   # (V, 1)
-    pair = E[[g, c]] / norms[[g, c]]                                           # (2, d)
-    G = torch.empty(E.shape[0], 2, dtype=torch.float64, device=E.device)
+    pair = _unit(E[[g, c]])                                                    # (2, d)
+    dots = torch.empty(E.shape[0], 2, dtype=E.dtype, device=E.device)          # (V, 2): E_j·ψ_g, E_j·ψ_c
+    norms = torch.empty(E.shape[0], dtype=E.dtype, device=E.device)            # (V,): ‖E_j‖
     for start in range(0, E.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        G[rows] = ((E[rows] / norms[rows]) @ pair.T).to(torch.float64)
+        rows = E[start:start + chunk]
+        dots[start:start + chunk] = rows @ pair.T
+        norms[start:start + chunk] = rows.norm(dim=1)
+    G = dots.to(torch.float64) / norms.to(torch.float64).clamp_min(torch.finfo(E.dtype).tiny)[:, None]
     G[[g, c]] = _pair_gram(pair, 0, 1)
     return G, pair
 

@@ -7,8 +7,9 @@ controller, before any worker starts. A test function asks for what it needs:
 - ``claim_case`` — parametrised over the session's (claim × model) pairs, as scikit-learn's
   ``parametrize_with_checks`` does for estimators: ids ``C3-smollm2-135m`` or ``C9-zoo``. An
   entry of ``expected.toml`` becomes a strict ``xfail`` mark at collection, with its reason.
-- ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model,
-  costliest first, so that pytest-xdist spreads the fine-tuning over the workers.
+- ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model, in
+  :func:`phantom.campaign.schedule`'s order (heavy full-FT runs first, then costliest first),
+  so that pytest-xdist spreads the fine-tuning over the workers.
 - ``bisected_model`` — the models whose plan has the critical-LR bisection.
 - ``session_model`` — every model of the session.
 - ``claims`` — the :class:`ClaimsSession` (campaigns and run store of this process).
@@ -157,9 +158,8 @@ class ClaimsSession:
         if "claim_case" in metafunc.fixturenames:
             metafunc.parametrize("claim_case", [self.param(c) for c in self.cases()])
         if "planned_run" in metafunc.fixturenames:
-            metafunc.parametrize("planned_run", [
-                pytest.param((m, *r), id=f"{m}-{r[0]}-{r[1]:g}-{r[2]}")
-                for m in self.models for r in self.campaign(m).planned()])
+            metafunc.parametrize("planned_run", [pytest.param(r, id="{}-{}-{:g}-{}".format(*r))
+                                                 for r in cmp.schedule(self.zoo())])
         if "bisected_model" in metafunc.fixturenames:
             metafunc.parametrize("bisected_model", [m for m in self.models if self.campaign(m).plan.eta_c])
         if "session_model" in metafunc.fixturenames:

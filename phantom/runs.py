@@ -49,6 +49,11 @@ PACKAGE = pathlib.Path(__file__).parent
 HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
 
 
+def heavy(info: zoo.ModelInfo, mode: str) -> bool:
+    """Whether a run of ``mode`` on this model takes the machine's one heavy full-FT slot."""
+    return mode == "full" and info.n_params > HEAVY_PARAMS
+
+
 def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
     """sha256 over the source of every module that computes entries of ``kind``."""
     try:
@@ -220,9 +225,10 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
 
     def compute() -> dict:
         loaded = loader(model)
-        heavy = heavy_lock and mode == "full" and loaded.info.n_params > HEAVY_PARAMS
-        with exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
-                            f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") if heavy else nullcontext():
+        slot = exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
+                              f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") \
+            if heavy_lock and heavy(loaded.info, mode) else nullcontext()
+        with slot:
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
                                 stop=stop, observables=observables, device=device)
         return traj.to_dict()

@@ -142,6 +142,20 @@ def test_for_budget_plans_from_the_model_info(monkeypatch, tmp_path):
         assert camp.model == name and camp.plan == plan_for("standard", info) and camp.store is rs
 
 
+def test_schedule_puts_the_heavy_slots_runs_first_together(fake, monkeypatch, rs):
+    infos = {"smol": SMOL, "qwen": QWEN}
+    monkeypatch.setattr(runs, "model_info", infos.__getitem__)
+    camps = [Campaign(m, store=rs, loader=never_load) for m in infos]
+    order = campaign.schedule(camps)
+    assert sorted(order) == sorted((c.model, *r) for c in camps for r in c.planned())   # every run, once
+    heavy = [r for r in order if runs.heavy(infos[r[0]], r[1])]
+    assert heavy and {(m, mode) for m, mode, *_ in heavy} == {("qwen", "full")}
+    assert order[:len(heavy)] == heavy == [("qwen", *r) for r in camps[1].planned() if r[0] == "full"]
+    assert order[len(heavy):] == [(c.model, *r) for c in camps for r in c.planned()
+                                  if (c.model, *r) not in heavy]                        # the rest in plan order
+    assert fake.trajectory_calls == []
+
+
 def test_saturation_grid():
     sat = Plan().saturation
     assert sat == tuple(sorted(SPEC_SWEEP + SPEC_EXTENDED)) and len(sat) == 8
