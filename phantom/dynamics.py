@@ -188,7 +188,7 @@ class _Probe:
     U0: torch.Tensor | None
     psi: torch.Tensor | None = None   # Ψ, fixed under LoRA; None under full FT (built for purity only)
     observables: str = "all"
-    columns: tuple[torch.Tensor, torch.Tensor] | None = None   # geometry.unit_pair_columns (fixed under LoRA)
+    columns: tuple[torch.Tensor, torch.Tensor] | None = None   # LoRA only: the run's fixed pair columns
 
     def recorded(self, t: int) -> set[str]:
         """The optional series recorded at step ``t``."""
@@ -196,15 +196,21 @@ class _Probe:
             return set(HEAVY) | set(EMBEDDING)
         return (set(HEAVY) if t == 0 else set()) | (set(EMBEDDING) if self.psi is not None else set())
 
+    def _columns(self, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`geometry.unit_pair_columns` of the live ``E``; under LoRA (Ψ frozen) once per run."""
+        if self.psi is None:
+            return geometry.unit_pair_columns(E, self.g, self.c)
+        if self.columns is None:
+            self.columns = geometry.unit_pair_columns(E, self.g, self.c)
+        return self.columns
+
     def record(self, z: torch.Tensor, h: torch.Tensor, loss: float, t: int) -> dict[str, float]:
         """The SPEC §2 quantities of the current state from the training forward's ``z``, ``h``."""
         g, c = self.g, self.c
         E = self.E.detach()
         wanted = self.recorded(t)
         p = torch.softmax(z.to(torch.float64), dim=-1)                    # (V,)
-        if self.psi is None or self.columns is None:   # under LoRA Ψ is frozen: once per run
-            self.columns = geometry.unit_pair_columns(E, g, c)
-        columns, pair = self.columns                   # (V, 2): G_gj, G_cj; (2, d): ψ_g, ψ_c
+        columns, pair = self._columns(E)               # (V, 2): G_gj, G_cj; (2, d): ψ_g, ψ_c
         gap = geometry.born_gap_from_columns(p, columns, g, c)
         g_gc = geometry.pair_overlap(pair, 0, 1)
         row = {

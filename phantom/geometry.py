@@ -19,6 +19,8 @@ from .protocol import BULK_PAIRS, BULK_SEED, CLASS_A_BAND, CLASS_B_BAND
 
 _CHUNK = 65_536  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
 _HEAVY = 1e-3    # purity: tokens with p_i at least this get float64 rows
+_CACHE_CHUNK = 1 << 19   # bytes of E per unit_pair_columns chunk on the CPU: half a 1 MiB L2
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 class BornGap(NamedTuple):
     """Φ = b_g − b_c and its exact split Φ = S + D (SPEC §2)."""
@@ -104,13 +106,17 @@ def pair_columns(psi, g: int, c: int) -> torch.Tensor:
     return G
 
 
-def unit_pair_columns(E, g: int, c: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_pair_columns(E, g: int, c: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The pair's columns of ``G`` straight from ``E``, without materialising Ψ (V×d).
 
-    ``G_gj = (E_j·ψ_g) / ‖E_j‖``: one pass over ``E``, a chunk of rows at a time (the chunk's
-    dot products and norms read it while it is in cache); the quotient is taken in float64.
-    It equals :func:`pair_columns` of ``normalize_rows(E)`` to float32 rounding (the division
-    comes after the product instead of before), and is what :mod:`phantom.dynamics` records.
+    ``G_gj = (E_j·ψ_g) / ‖E_j‖``, the quotient taken in float64. On the CPU, one pass over
+    ``E`` in chunks of ``chunk`` rows (default: 512 KiB of them): the norms stream a chunk
+    into cache and NumPy's BLAS takes its (chunk, d)×(d, 2) product from there (torch's
+    matmul is ~4× slower at two columns; a 512 KiB chunk also stays under OpenBLAS's
+    threading threshold, so the product runs on the caller's thread). Elsewhere, or for a
+    dtype NumPy lacks, two whole-matrix torch ops. It equals :func:`pair_columns` of
+    ``normalize_rows(E)`` to float32 rounding (the division comes after the product instead
+    of before), and is what :mod:`phantom.dynamics` records.
 
     Returns
     -------
@@ -119,14 +125,21 @@ def unit_pair_columns(E, g: int, c: int, chunk: int = 4096) -> tuple[torch.Tenso
     pair : (2, d) tensor
         ``ψ_g`` and ``ψ_c``, the pair's unit rows (the rows of :func:`normalize_rows`).
     """
-    E = _matrix(E)
+    E = _matrix(E).detach()
+    vocab, d = E.shape
     pair = _unit(E[[g, c]])                                                    # (2, d)
-    dots = torch.empty(E.shape[0], 2, dtype=E.dtype, device=E.device)          # (V, 2): E_j·ψ_g, E_j·ψ_c
-    norms = torch.empty(E.shape[0], dtype=E.dtype, device=E.device)            # (V,): ‖E_j‖
-    for start in range(0, E.shape[0], chunk):
-        rows = E[start:start + chunk]
-        dots[start:start + chunk] = rows @ pair.T
-        norms[start:start + chunk] = rows.norm(dim=1)
+    if E.device.type == "cpu" and E.dtype in _NUMPY and E.is_contiguous():
+        rows = chunk or max(1, _CACHE_CHUNK // (d * E.element_size()))
+        norms = torch.empty(vocab, dtype=E.dtype)                              # (V,): ‖E_j‖
+        dots = np.empty((vocab, 2), dtype=_NUMPY[E.dtype])                     # (V, 2): E_j·ψ_g, E_j·ψ_c
+        E_np, pair_t = E.numpy(), pair.T.contiguous().numpy()                  # (V, d), (d, 2)
+        for start in range(0, vocab, rows):
+            stop = start + rows
+            torch.linalg.vector_norm(E[start:stop], dim=1, out=norms[start:stop])
+            np.dot(E_np[start:stop], pair_t, out=dots[start:stop])
+        dots = torch.from_numpy(dots)
+    else:
+        norms, dots = E.norm(dim=1), E @ pair.T
     G = dots.to(torch.float64) / norms.to(torch.float64).clamp_min(torch.finfo(E.dtype).tiny)[:, None]
     G[[g, c]] = _pair_gram(pair, 0, 1)
     return G, pair

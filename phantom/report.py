@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .claims import CLAIMS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict
-from .files import write_atomic
+from .files import exclusive_lock, write_atomic
 
 MARK = {REPRODUCED: "✅ reproduced", NOT_REPRODUCED: "❌ not reproduced", NOT_TESTABLE: "⏭ not testable"}
 FORMAT = 1   # of verdicts.json
@@ -162,12 +162,7 @@ def from_json(text: str) -> tuple[list[Verdict], Session]:
     return [Verdict.from_dict(v) for v in d["verdicts"]], session
 
 
-def session_log(directory: str | os.PathLike, entry: dict | None = None) -> list[dict]:
-    """Earlier claims sessions on this machine (``claims-sessions.jsonl`` in ``directory``).
-
-    Appends ``entry`` (atomically) when given; returns the log as it was before.
-    """
-    path = Path(directory) / "claims-sessions.jsonl"
+def _read_log(path: Path) -> list[dict]:
     history = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -175,7 +170,21 @@ def session_log(directory: str | os.PathLike, entry: dict | None = None) -> list
                 history.append(json.loads(line))
             except json.JSONDecodeError:
                 continue          # a damaged line costs one timing, not the table
-    if entry is not None:
+    return history
+
+
+def session_log(directory: str | os.PathLike, entry: dict | None = None) -> list[dict]:
+    """Earlier claims sessions on this machine (``claims-sessions.jsonl`` in ``directory``).
+
+    Appends ``entry`` when given: the log is read and rewritten atomically under an
+    exclusive lock, so sessions that end together each keep their line. Returns the log as
+    it was before.
+    """
+    path = Path(directory) / "claims-sessions.jsonl"
+    if entry is None:
+        return _read_log(path)
+    with exclusive_lock(path.with_name(".claims-sessions.lock"), "the claims session log"):
+        history = _read_log(path)
         write_atomic(path, "".join(json.dumps(h) + "\n" for h in history + [entry]))
     return history
 

@@ -113,3 +113,14 @@ def test_unit_pair_columns_are_pair_columns_of_psi_to_float32_rounding(shape):
         assert torch.equal(cols, geometry.unit_pair_columns(E, g, c, chunk=shape[0])[0])   # chunk-free bits
 
 
+
+
+def test_unit_pair_columns_take_torch_ops_where_numpy_cannot():
+    """A non-contiguous or bfloat16 ``E`` skips the CPU's chunked NumPy path: same columns to rounding."""
+    torch.manual_seed(1)
+    E = torch.randn(300, 16)
+    cols, _ = geometry.unit_pair_columns(E, 3, 5)
+    strided, _ = geometry.unit_pair_columns(E.T.contiguous().T, 3, 5)
+    assert (strided - cols).abs().max() <= 8 * torch.finfo(torch.float32).eps
+    half, _ = geometry.unit_pair_columns(E.to(torch.bfloat16), 3, 5)
+    assert half.dtype == torch.float64 and (half - cols).abs().max() <= 8 * torch.finfo(torch.bfloat16).eps

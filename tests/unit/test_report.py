@@ -306,3 +306,24 @@ def test_session_log_skips_a_damaged_line(tmp_path):
     (tmp_path / "claims-sessions.jsonl").write_text('{"budget": "quick"}\nnot json\n', encoding="utf-8")
     assert report.session_log(tmp_path, {"budget": "standard"}) == [{"budget": "quick"}]
     assert [h["budget"] for h in report.session_log(tmp_path)] == ["quick", "standard"]
+
+
+def test_session_log_keeps_every_line_of_sessions_ending_together(tmp_path, monkeypatch):
+    """Appends from concurrent processes each keep their line (the rewrite runs under a lock).
+
+    Each rewrite is slowed down, so without the lock every process would read the empty log
+    before any writes it, and only one line would survive.
+    """
+    import multiprocessing
+    import time
+    write = report.write_atomic
+    monkeypatch.setattr(report, "write_atomic", lambda *a: (time.sleep(0.1), write(*a)))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=report.session_log, args=(tmp_path, {"budget": "quick", "n": i}))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    assert sorted(h["n"] for h in report.session_log(tmp_path)) == list(range(4))
