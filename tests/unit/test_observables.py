@@ -113,8 +113,6 @@ def test_unit_pair_columns_are_pair_columns_of_psi_to_float32_rounding(shape):
         assert torch.equal(cols, geometry.unit_pair_columns(E, g, c, chunk=shape[0])[0])   # chunk-free bits
 
 
-
-
 def test_unit_pair_columns_take_torch_ops_where_numpy_cannot():
     """A non-contiguous or bfloat16 ``E`` skips the CPU's chunked NumPy path: same columns to rounding."""
     torch.manual_seed(1)
