@@ -368,19 +368,48 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
     return Trajectory(series, meta)
 
 
-def blind_r(loaded, context, pair: ctx.Pair) -> dict[str, float]:
-    """Step-0 ``r = ∇_θΔz · sign(−∇_θL)`` under full fine-tuning (SPEC §5 blind predictor).
+def step_zero_r(model, ids: torch.Tensor, g: int, c: int) -> tuple[float, float]:
+    """``(r, Φ_0)`` of a model's current state: ``r = ∇_θΦ · sign(−∇_θL)`` (SPEC §5, A3).
 
-    Adam's first update is ``−η·sign(∇L)``, so one step moves ``Δz`` by about ``η·r``. Two
-    backward passes on a pristine copy, no update. Returns ``{"r": r, "dz0": Δz_0}``.
+    Adam's first update is ``−η·sign(∇L)``, so one step moves ``Φ`` by about ``η·r``; ``Φ`` is
+    the quantity whose flip defines ``η_c``, and its gradient includes the embedding's own
+    motion (through every ``ψ_j``). One forward and two backward passes over the parameters
+    that require a gradient, no update. ``Φ = Σ_j p_j (G_gj² − G_cj²)`` is differentiated
+    through the pair's columns of ``G`` (O(V·d), never V×V); ``Φ_0`` is the float64 value a
+    run records at ``t = 0``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        Its trainable parameters are the ``θ`` of ``r`` (every one under full fine-tuning).
+    ids : torch.Tensor
+        (1, n) token ids of the context.
+    g, c : int
+        Token ids of the target and its competitor.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    E = model.get_input_embeddings().weight                                    # (V, d)
+    z = model(ids, logits_to_keep=1).logits[0, -1]                              # (V,)
+    loss = F.cross_entropy(z[None].float(), torch.tensor([g], device=z.device))
+    psi = E / torch.linalg.vector_norm(E, dim=1, keepdim=True)                  # (V, d)
+    columns = psi @ psi[[g, c]].T                                               # (V, 2): G_gj, G_cj
+    phi = torch.softmax(z.float(), dim=-1) @ (columns[:, 0] ** 2 - columns[:, 1] ** 2)
+    grad_loss = torch.autograd.grad(loss, params, retain_graph=True)
+    grad_phi = torch.autograd.grad(phi, params, allow_unused=True)
+    r = math.fsum(float((gp.double() * torch.sign(-gl).double()).sum())
+                  for gp, gl in zip(grad_phi, grad_loss) if gp is not None)
+    with torch.no_grad():
+        cols, _ = geometry.unit_pair_columns(E.detach(), g, c)
+        phi0 = geometry.born_gap_from_columns(torch.softmax(z.detach().double(), dim=-1), cols, g, c).phi
+    return r, phi0
+
+
+def blind_r(loaded, context, pair: ctx.Pair) -> dict[str, float]:
+    """Step-0 ``{"r": r, "phi0": Φ_0}`` of one context under full fine-tuning (SPEC §5, A3).
+
+    :func:`step_zero_r` on a pristine full-FT copy of ``loaded.model`` (never modified).
     """
     context = ctx.get(context) if isinstance(context, str) else context
     model = prepare(loaded, "full", seed=0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    z = model(ctx.encode(context, loaded.tokenizer), logits_to_keep=1).logits[0, -1]
-    loss = F.cross_entropy(z[None].float(), torch.tensor([pair.g_id]))
-    dz = z[pair.g_id] - z[pair.c_id]
-    grad_loss = torch.autograd.grad(loss, params, retain_graph=True)
-    grad_dz = torch.autograd.grad(dz, params)
-    r = math.fsum(float((gd.double() * torch.sign(-gl).double()).sum()) for gd, gl in zip(grad_dz, grad_loss))
-    return {"r": r, "dz0": float(dz.detach())}
+    r, phi0 = step_zero_r(model, ctx.encode(context, loaded.tokenizer), pair.g_id, pair.c_id)
+    return {"r": r, "phi0": phi0}

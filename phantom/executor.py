@@ -107,7 +107,7 @@ class Progress:
 
 def fingerprint() -> dict[str, str]:
     """What must agree between driver and workers for their keys to agree: versions and code."""
-    return {**runs.versions(), **{f"code_sha256[{k}]": runs.code_sha256(k) for k in runs.SOURCES}}
+    return {**runs.versions(), **{f"code_sha256[{k}]": runs.code_sha256(k) for k in runs.ROOTS}}
 
 
 def differences(driver: dict[str, str], worker: dict[str, str]) -> str:

@@ -35,6 +35,12 @@ KINEMATIC_SIGNAL = 0.1          # kinematic failure: |S_t| ≤ 0.1 (1 − G_max�
 STRUCTURAL_DRAG = -0.01         # structural failure: D_T − D_0 < −0.01
 CRITICAL_FRACTION = 0.5         # η_c: at least half of the usable contexts Born-flip by T
 CRITICAL_RTOL = 0.01            # bisection in log η to 1% relative precision
+# §8 amendments (2026-12-06)
+SAT_BRACKET = 2                 # A1: measured LRs needed on each side of a context's η_sat
+SAT_BELOW = (1e-7, 5e-8, 2e-8, 1e-8, 5e-9, 2e-9)   # A1: 1–2–5 steps, two decades below the extended grid
+SAT_ABOVE = (1e-4, 2e-4, 5e-4)                     # A1: one decade above it
+CONTEXT_RTOL = 0.05             # A2: each per-context critical LR η_i to 5% (η_c's to CRITICAL_RTOL)
+OPERATING_H = 10.0              # A4: C3′ and C6′ at η_H = 10 η_sat(model)
 
 # --- §6 verdict thresholds -------------------------------------------------------------
 DECOMPOSITION_TOL = 1e-6        # C2: |Φ − S − D| at every recorded step
@@ -45,3 +51,11 @@ SUFFICIENCY_SPLIT = 0.8         # C11: LoRA sufficiency of class B ≥ 0.8, of c
 BURIAL_RHO_MIN = 0.8            # C12: |Spearman| of B_FT with G²mean and with H
 BURIAL_MIN_MODELS = 3           # C12: over ≥ 3 models
 BLIND_REL_ERROR_MAX = 0.021     # C13: every leave-one-out relative error ≤ 2.1%
+# A6: uncertainty (the context is the unit of sampling)
+BOOTSTRAP_B = 1000              # bootstrap resamples of the usable contexts
+BOOTSTRAP_SEED = 0
+FRAGILE_BELOW = 0.8             # a verdict with stability < 0.8 is marked fragile
+INTERVAL = 0.95                 # percentile interval of every context-dependent numeric value
+PERMUTATION_EXACT_MAX = 8       # exact permutation p-values (all n! orderings) for n ≤ 8
+PERMUTATIONS = 100_000          # else this many random orderings
+PERMUTATION_SEED = 0

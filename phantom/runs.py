@@ -4,8 +4,8 @@ Everything that loads a model or fine-tunes one goes through here, and every run
 key is built by :func:`key`, the one key builder. A key holds everything that determines
 its entry: the weights' sha256, the entry's own fields (context, orientation, mode, LR, …),
 the versions of torch / transformers / peft / python, and a sha256 over the source of
-every module that computes that kind of entry (:data:`SOURCES`), so that changing, say,
-the critical-LR bisection is never served an old ``η_c``. The orientation is itself a
+every module that computes that kind of entry (:func:`sources`, derived from the imports),
+so that changing, say, the critical-LR search is never served an old ``η_c``. The orientation is itself a
 cached entry, so a warm store answers without loading any model.
 
 Kinds of entry:
@@ -15,13 +15,14 @@ kind           payload                                     computed by
 =============  ==========================================  ==================
 orientation    the context's :class:`~phantom.contexts.Pair`  :func:`orientation`
 trajectory     a :class:`~phantom.trajectory.Trajectory`    :func:`trajectory`
-blind_r        step-0 ``r`` and ``Δz_0`` of one context     :func:`blind_r`
+blind_r        step-0 ``r`` and ``Φ_0`` of one context      :func:`blind_r`
 bulk           ``G²mean``, bulk shape and class             :func:`bulk`
-critical_lr    the η_c bisection of one model               :mod:`phantom.campaign`
+critical_lrs   per-context critical LRs of one model        :mod:`phantom.critical`
 =============  ==========================================  ==================
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
@@ -36,14 +37,14 @@ from .protocol import SEED, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
 
-# The modules whose source computes each kind of entry (runs.py itself orchestrates all).
-_TRAJECTORY = ("dynamics.py", "geometry.py", "contexts.py", "trajectory.py", "protocol.py", "runs.py")
-SOURCES: dict[str, tuple[str, ...]] = {
-    "orientation": ("contexts.py", "geometry.py", "runs.py"),
-    "trajectory": _TRAJECTORY,
-    "blind_r": ("dynamics.py", "contexts.py", "protocol.py", "runs.py"),
-    "bulk": ("geometry.py", "protocol.py", "runs.py"),
-    "critical_lr": _TRAJECTORY + ("campaign.py", "laws.py"),
+# The module that computes each kind of entry; the key hashes it and the phantom modules it
+# imports, transitively (:func:`sources`), with this module, which orchestrates all.
+ROOTS: dict[str, str] = {
+    "orientation": "contexts",
+    "trajectory": "dynamics",
+    "blind_r": "dynamics",
+    "bulk": "geometry",
+    "critical_lrs": "critical",
 }
 PACKAGE = pathlib.Path(__file__).parent
 HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
@@ -54,15 +55,42 @@ def heavy(info: zoo.ModelInfo, mode: str) -> bool:
     return mode == "full" and info.n_params > HEAVY_PARAMS
 
 
-def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
-    """sha256 over the source of every module that computes entries of ``kind``."""
+def _imports(module: str, package: pathlib.Path) -> set[str]:
+    """The phantom modules ``module``'s source imports (``from . import x``, ``from .x import y``)."""
+    tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return {m for m in found if (package / f"{m}.py").is_file()}
+
+
+def sources(kind: str, package: pathlib.Path = PACKAGE) -> tuple[str, ...]:
+    """The modules whose source goes into the key of an entry of ``kind``, sorted.
+
+    The computing module of :data:`ROOTS` and every phantom module it imports, transitively,
+    derived from the code itself: a function moved to a new module brings that module in.
+    The walk does not follow this module's (``runs``) own imports: the entries it reads
+    (trajectories, orientations) carry keys of their own.
+    """
     try:
-        names = SOURCES[kind]
+        todo = [ROOTS[kind]]
     except KeyError:
-        raise ValueError(f"unknown run-store entry kind {kind!r}; known: {', '.join(SOURCES)}") from None
+        raise ValueError(f"unknown run-store entry kind {kind!r}; known: {', '.join(ROOTS)}") from None
+    seen = {"runs"}
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(_imports(module, package))
+    return tuple(sorted(seen))
+
+
+def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
+    """sha256 over the source of every module of :func:`sources` for entries of ``kind``."""
     digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    for name in sources(kind, package):
+        digest.update(name.encode() + b".py\0" + (package / f"{name}.py").read_bytes())
     return digest.hexdigest()
 
 
@@ -238,7 +266,7 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,
             loader: Callable = SLOT) -> dict[str, float]:
-    """Cached step-0 ``{"r": r, "dz0": Δz_0}`` of one context (SPEC §5 blind predictor)."""
+    """Cached step-0 ``{"r": r, "phi0": Φ_0}`` of one context (SPEC §5 blind predictor, A3)."""
     k = key("blind_r", model, context=context, orientation=[pair.g_word, pair.c_word])
     return (store or RunStore()).get_or_compute(k, lambda: dynamics.blind_r(loader(model), context, pair))
 

@@ -163,7 +163,7 @@ def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_heavy_unit():
 
 def test_fingerprint_differences_name_each_field():
     here = executor.fingerprint()
-    assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.SOURCES}
+    assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.ROOTS}
     assert executor.differences(here, dict(here)) == ""
     other = {**here, "torch": "0.0.1", "code_sha256[bulk]": "f" * 64}
     diff = executor.differences(here, other)

@@ -55,10 +55,10 @@ def package(tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("kind", list(runs.SOURCES))
-def test_code_sha256_covers_exactly_the_listed_sources(package, kind):
-    listed = runs.SOURCES[kind]
-    assert set(listed) <= set(MODULES), f"{kind} lists modules that do not exist"
+@pytest.mark.parametrize("kind", list(runs.ROOTS))
+def test_code_sha256_covers_exactly_the_derived_sources(package, kind):
+    listed = {f"{m}.py" for m in runs.sources(kind)}
+    assert listed <= set(MODULES), f"{kind} derives modules that do not exist"
     base = runs.code_sha256(kind, package=package)
     assert HEX64.fullmatch(base) and base == runs.code_sha256(kind)      # the copy hashes as the package
     for module in MODULES:
@@ -76,15 +76,29 @@ def test_code_sha256_covers_exactly_the_listed_sources(package, kind):
     assert runs.code_sha256(kind, package=package) == base
 
 
-def test_code_sha256_of_critical_lr_covers_the_bisection(package):
-    assert {"laws.py", "campaign.py"} <= set(runs.SOURCES["critical_lr"])
-    assert set(runs.SOURCES["trajectory"]) <= set(runs.SOURCES["critical_lr"])   # η_c is read from runs
-    before = {kind: runs.code_sha256(kind, package=package) for kind in runs.SOURCES}
-    laws = package / "laws.py"
-    laws.write_text(laws.read_text().replace("CRITICAL_FRACTION:", "CRITICAL_FRACTION + 0.0:"))
-    after = {kind: runs.code_sha256(kind, package=package) for kind in runs.SOURCES}
-    assert [k for k in runs.SOURCES if after[k] != before[k]] == ["critical_lr"]
-    assert len(set(before.values())) == len(before)                    # every kind its own hash
+def test_sources_are_the_transitive_imports_of_the_computing_module():
+    assert runs.sources("trajectory") == ("contexts", "dynamics", "geometry", "heap", "protocol", "runs",
+                                          "trajectory")
+    assert {"critical", "laws", "campaign"} <= set(runs.sources("critical_lrs"))
+    assert set(runs.sources("trajectory")) <= set(runs.sources("critical_lrs"))   # η_i is read from runs
+    assert "store" not in runs.sources("trajectory") and "zoo" not in runs.sources("trajectory")
+
+
+def test_moving_a_function_to_a_new_module_changes_the_key(package):
+    """The bisection's kind of bug: code moved to a new file must not serve stale entries."""
+    before = {kind: runs.code_sha256(kind, package=package) for kind in runs.ROOTS}
+    dynamics = package / "dynamics.py"
+    text = dynamics.read_text()
+    body = text[text.index("def lora_targets("):text.index("def _real(")]
+    (package / "targets.py").write_text("from .protocol import STEPS  # noqa: F401\n\n\n" + body)
+    dynamics.write_text(text.replace(body, "").replace("from . import geometry, heap",
+                                                      "from . import geometry, heap\nfrom .targets import lora_targets"))
+    assert "targets" in runs.sources("trajectory", package)
+    moved = {kind: runs.code_sha256(kind, package=package) for kind in runs.ROOTS}
+    assert all(moved[k] != before[k] for k in ("trajectory", "blind_r"))
+    assert moved["bulk"] == before["bulk"] and moved["orientation"] == before["orientation"]
+    (package / "targets.py").write_text((package / "targets.py").read_text() + "\n# an edit\n")
+    assert runs.code_sha256("trajectory", package=package) != moved["trajectory"]
 
 
 @pytest.mark.parametrize("kind", ["", "Trajectory", "runs", "critical-lr", "laws"])
