@@ -8,22 +8,22 @@ protocol is a :class:`Plan` field away from its default and is named in
 (:func:`full_ft_seconds`), never from its name.
 
 The per-model laws (SPEC §2, §5) are functions of a campaign: they read its runs and
-hand plain numbers to the pure maths of :mod:`phantom.laws`. The expensive ones (bulk
-statistics, critical-LR bisection, step-0 blind statistic) are cached in the run store
-under keys built by :func:`phantom.runs.key`.
+hand plain numbers to the pure maths of :mod:`phantom.laws`. The runs placed by earlier
+runs (A1's saturation extension, A2's per-context critical LRs) come from
+:mod:`phantom.search`, replayed from the store; bulk statistics and the step-0 blind
+statistic are cached entries of their own (:func:`phantom.runs.key`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
-from . import contexts, laws, runs, zoo
-from .protocol import CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID, LORA_REF, STEPS
+from . import contexts, laws, runs, search, zoo
+from .protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID, LORA_REF, OPERATING_H, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
 
@@ -78,6 +78,7 @@ class Campaign:
         self.store = store or RunStore()
         self.loader = loader
         self.device = device
+        self.memo: dict = {}     # laws replayed from the store, once per process (see _memo)
 
     @classmethod
     def for_budget(cls, model: str, budget: str, store: RunStore | None = None,
@@ -112,16 +113,6 @@ class Campaign:
         return runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps,
                                stop=self.plan.stop if stop is None else stop, device=self.device,
                                store=self.store, loader=self.loader)
-
-    def stored(self, mode: str, lr: float, context: str) -> Trajectory | None:
-        """A stored run at ``lr`` made under another stop policy than a probe's (``"born_flip"``)
-        that decides the Born flip by T all the same (the plan's, or none), or None."""
-        for stop in dict.fromkeys(s for s in (self.plan.stop, "never") if s != "born_flip"):
-            run = runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps, stop=stop,
-                                  device=self.device, store=self.store, loader=self.loader, stored_only=True)
-            if run is not None:
-                return run
-        return None
 
     def runs(self, mode: str, lr: float) -> list[Trajectory]:
         """One run per usable context at this LR."""
@@ -237,43 +228,47 @@ def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
 
 # --- per-model laws ----------------------------------------------------------------------
 
-def _born_flipped(traj) -> bool:
-    return traj.diverged_at is None and bool(np.any(traj["phi"] > 0))
+def _memo(campaign, name: str, compute: Callable):
+    """A per-campaign memo: laws replayed from the store are read once per process."""
+    if name not in campaign.memo:
+        campaign.memo[name] = compute()
+    return campaign.memo[name]
 
 
-def saturation_responses(campaign) -> dict[str, tuple[list[float], list[float]]]:
-    """Per usable context, ``(η, R(η) = Φ_T(η) − Φ_0)`` over the saturation grid (SPEC §5).
-
-    A run stopped at saturation contributes its last recorded Φ (within ~3e-4 of Φ_T);
-    diverged runs are left out.
-    """
-    out = {}
-    for context in campaign.usable:
-        done = [r for r in (campaign.run("full", lr, context) for lr in campaign.plan.saturation)
-                if r.diverged_at is None]
-        out[context] = ([r.meta["lr"] for r in done], [r["phi"][-1] - r["phi"][0] for r in done])
-    return out
+def saturations(campaign) -> dict[str, search.Saturation]:
+    """Per usable context, its saturation fit with the A1 extension (SPEC §5); {} without a saturation grid."""
+    if not campaign.plan.saturation:
+        return {}
+    return _memo(campaign, "saturations", lambda: {c: search.saturation(campaign, c) for c in campaign.usable})
 
 
-def saturation_fits(campaign, responses: dict | None = None) -> dict[str, laws.SaturationFit]:
-    """Per usable context with ≥ 3 completed runs, the saturation fit of its responses (SPEC §5)."""
-    responses = saturation_responses(campaign) if responses is None else responses
-    return {c: laws.fit_saturation(etas, resp) for c, (etas, resp) in responses.items() if len(etas) >= 3}
-
-
-def reduced_field_of(campaign) -> tuple[float | None, float | None]:
-    """``(η_sat(model), H_FT)``: median η_sat over contexts and ``η_ref / η_sat`` (SPEC §5)."""
-    fits = saturation_fits(campaign)
-    if not fits:
+def reduced_field_of(campaign) -> tuple[laws.Estimate | None, laws.Estimate | None]:
+    """``(η_sat(model), H_FT)``: the median over contexts and ``η_ref / η_sat``, each a number or a bound (A1)."""
+    estimates = [s.estimate for s in saturations(campaign).values() if s.estimate is not None]
+    if not estimates:
         return None, None
-    eta_sat = float(np.median([f.eta_sat for f in fits.values()]))
-    return eta_sat, ETA_REF / eta_sat
+    eta_sat = laws.median_estimate(estimates)
+    return eta_sat, laws.reduced_field(eta_sat)
+
+
+def operating_lr(campaign) -> float | None:
+    """``η_H = 10 η_sat(model)`` to 3 significant digits (SPEC §6 A4); None unless η_sat is bracketed."""
+    eta_sat = reduced_field_of(campaign)[0]
+    if eta_sat is None or eta_sat.value is None:
+        return None
+    return float(f"{OPERATING_H * eta_sat.value:.3g}")
+
+
+def operating_runs(campaign) -> list[Trajectory]:
+    """Every usable context's full-FT run at ``η_H`` (C3′, C6′); [] when η_H is not defined."""
+    lr = operating_lr(campaign)
+    return [] if lr is None else campaign.runs("full", lr)
 
 
 def lora_sufficiency(campaign) -> float:
     """Fraction of usable contexts with a Born flip by T under LoRA at 1e-3 (SPEC §5)."""
     runs = campaign.lora_reference()
-    return sum(map(_born_flipped, runs)) / len(runs)
+    return sum(map(search.born_flipped, runs)) / len(runs)
 
 
 def burial_ft(campaign) -> float:
@@ -286,170 +281,59 @@ def bulk(campaign) -> dict:
     return runs.bulk(campaign.model, store=campaign.store, loader=campaign.loader)
 
 
-Prefetch = Callable[[list[tuple[str, float, str, str]]], None]
-"""Computes the store entries of runs ``(mode, lr, context, stop)``, e.g. in parallel."""
+def critical_lrs(campaign, prefetch: search.Prefetch | None = None) -> tuple[laws.CriticalLR, dict]:
+    """``η_c`` (1%) and every context's η_i search (5%) (SPEC §5 A2), replayed from the store."""
+    return _memo(campaign, "critical", lambda: search.critical(campaign, prefetch))
 
 
-def flip_fraction(campaign, lr: float, prefetch: Prefetch | None = None, *, known: Mapping[str, bool] | None = None,
-                  order: Sequence[str] | None = None,
-                  on_run: Callable[[str, Trajectory], None] | None = None) -> float:
-    """Fraction of usable contexts known to Born-flip by T at ``lr`` (full FT), stopping early.
-
-    Contexts whose outcome is ``known`` are counted without a run; the others are run in
-    ``order`` (default: usable order; each run stops at its flip) until the ≥ ½ decision of
-    SPEC §5 is certain. The returned fraction counts unrun contexts as not flipping, so it
-    is exact about that decision (a lower bound on the full fraction). Runs are taken in
-    waves of the fewest further contexts that cannot decide before the wave's end, so a
-    wave holds only runs that a one-by-one scan makes too; ``prefetch`` (optional) computes
-    each wave's runs before they are read, e.g. in parallel, without changing which runs
-    are made. ``on_run(context, run)`` sees every run read.
-    """
-    usable, known = campaign.usable, known or {}
-    need = math.ceil(len(usable) * CRITICAL_FRACTION)
-    todo = [c for c in (usable if order is None else order) if c not in known]
-    flips = sum(bool(known[c]) for c in usable if c in known)
-    fails = sum(c in known for c in usable) - flips
-    while todo and flips < need and fails <= len(usable) - need:
-        size = min(need - flips, len(usable) - need + 1 - fails)
-        wave, todo = todo[:size], todo[size:]
-        if prefetch is not None:
-            prefetch([("full", lr, context, "born_flip") for context in wave])
-        for context in wave:
-            run = campaign.run("full", lr, context, stop="born_flip")
-            if on_run is not None:
-                on_run(context, run)
-            flipped = _born_flipped(run)
-            flips, fails = flips + flipped, fails + (not flipped)
-    return flips / len(usable)
+def critical_lr_of(campaign, prefetch: search.Prefetch | None = None) -> laws.CriticalLR:
+    """``η_c(model)``: the ``⌈n/2⌉``-th smallest per-context critical LR (SPEC §5 A2)."""
+    return critical_lrs(campaign, prefetch)[0]
 
 
-class _Bisection:
-    """The Born-flip outcomes one η_c bisection has seen, per context and LR (SPEC §5).
-
-    A probe counts, without a run, every context whose outcome at that LR is implied by its
-    outcomes so far under per-context monotonicity in η (a flip at η' ≤ η, or no flip at
-    η' ≥ η) or decided by a run the store already holds at that LR under another stop policy;
-    it runs the others, those likeliest to settle the majority first (a probe run already
-    stored is read back and counted as a probe run: the cost does not depend on the store's
-    history). Monotonicity is then checked on every run it read (the grid scan, the probes,
-    the stored runs): each violation is reported.
-    """
-
-    def __init__(self, campaign, grid: Sequence[float], prefetch: Prefetch | None):
-        self.campaign, self.grid, self.prefetch = campaign, grid, prefetch
-        self.seen: dict[str, dict[float, bool]] = {c: {} for c in campaign.usable}
-        self.cost = {"probe_runs": 0, "probe_steps": 0, "implied": 0, "reused": 0}
-
-    def _add(self, context: str, lr: float, run: Trajectory) -> bool:
-        self.seen[context][lr] = flipped = _born_flipped(run)
-        return flipped
-
-    def _made(self, context: str, run: Trajectory) -> None:
-        self._add(context, run.meta["lr"], run)
-        self.cost["probe_runs"] += 1
-        self.cost["probe_steps"] += len(run["phi"]) - 1
-
-    def implied(self, context: str, lr: float) -> bool | None:
-        """The outcome at ``lr`` that monotonicity implies, None when open (or contradicted)."""
-        seen = self.seen[context].items()
-        up = any(flipped for eta, flipped in seen if eta <= lr)
-        down = any(not flipped for eta, flipped in seen if eta >= lr)
-        return up if up != down else None
-
-    def _estimate(self, context: str) -> float:
-        """Geometric middle of the context's open bracket (where it is expected to start flipping)."""
-        seen = self.seen[context]
-        lo = max((eta for eta, f in seen.items() if not f), default=min(self.grid) / 10)
-        hi = min((eta for eta, f in seen.items() if f), default=max(self.grid) * 10)
-        return math.sqrt(lo * hi)
-
-    def fraction(self, lr: float) -> float:
-        if lr in self.grid:
-            return sum(self._add(c, lr, self.campaign.run("full", lr, c)) for c in self.campaign.usable) \
-                / len(self.campaign.usable)
-        known = {}
-        for c in self.campaign.usable:
-            if (v := self.implied(c, lr)) is not None:
-                known[c] = v
-                self.cost["implied"] += 1
-            elif (run := self.campaign.stored("full", lr, c)) is not None:
-                known[c] = self._add(c, lr, run)
-                self.cost["reused"] += 1
-        open_ = sorted((c for c in self.campaign.usable if c not in known), key=self._estimate)
-        expected = sum(known.values()) + sum(self._estimate(c) <= lr for c in open_)
-        if expected < math.ceil(len(self.campaign.usable) * CRITICAL_FRACTION):
-            open_.reverse()                 # a failure is expected: the likeliest misses first
-        return flip_fraction(self.campaign, lr, self.prefetch, known=known, order=open_, on_run=self._made)
-
-    def violations(self) -> list[tuple[str, float, float]]:
-        """``(context, η_flip, η_miss)`` for every flip at a lower LR than a miss of the same context."""
-        return [(c, up, down) for c, seen in self.seen.items() for up, f in sorted(seen.items()) if f
-                for down, g in sorted(seen.items()) if not g and down > up]
-
-
-def _critical_lr_entry(campaign, rtol: float, prefetch: Prefetch | None) -> dict:
-    """The stored η_c bisection of a campaign, computed on a miss (see :func:`critical_lr_of`)."""
-    grid = sorted(set(campaign.plan.sweep) | set(campaign.plan.extended))
-
-    def compute() -> dict:
-        bisection = _Bisection(campaign, grid, prefetch)
-        result = dataclasses.asdict(laws.critical_lr(bisection.fraction, grid, rtol=rtol))
-        violations = bisection.violations()
-        return {**result, "cost": bisection.cost, "violations": violations,
-                "checked": sum(map(len, bisection.seen.values()))}
-
-    key = runs.key("critical_lr", campaign.model, grid=grid, steps=campaign.plan.steps, stop=campaign.plan.stop,
-                   rtol=rtol, contexts=campaign.usable, device=runs.device_type(campaign.device))
-    return campaign.store.get_or_compute(key, compute)
-
-
-def critical_lr_of(campaign, *, rtol: float = CRITICAL_RTOL, prefetch: Prefetch | None = None) -> laws.CriticalLR:
-    """``η_c(model)`` by bisection in log η (SPEC §5); cached.
-
-    The full-FT grid LRs (sweep and extended) are read from their runs (scanned upwards until
-    the first success; decades beyond the grid when it holds no bracket, see
-    :func:`phantom.laws.critical_lr`); every other probe counts the contexts whose outcome is already
-    implied (per-context monotonicity in η, checked on every run read) or stored, and runs
-    the rest with ``stop="born_flip"`` (:func:`flip_fraction`, whose waves ``prefetch``
-    computes first, e.g. in parallel). :func:`bisection_report` says what it cost.
-    """
-    return _result(_critical_lr_entry(campaign, rtol, prefetch))
-
-
-def _result(entry: dict) -> laws.CriticalLR:
-    return laws.CriticalLR(entry["eta_c"], tuple(entry["bracket"]) if entry["bracket"] else None,
-                           tuple(map(tuple, entry["probes"])), entry["converged"])
+def context_lrs(campaign) -> dict[str, laws.Estimate]:
+    """Per usable context, ``η_i`` (a number, or the bound its search reached) (SPEC §5 A2)."""
+    return {c: s.estimate() for c, s in critical_lrs(campaign)[1].items()}
 
 
 def eta_c_text(result: laws.CriticalLR) -> str:
-    """``"η_c = …"``, or where η_c lies when no bracket was found."""
+    """``"η_c = …"``, or where η_c lies when the contexts' brackets do not locate it."""
+    lo, hi = result.bracket
     if result.converged:
         return f"η_c = {result.eta_c:.3g}"
-    lrs = [eta for eta, _ in result.probes]
-    return (f"η_c > {max(lrs):.3g} (no LR probed flips half the contexts)" if result.eta_c is None
-            else f"η_c ≤ {result.eta_c:.3g} (every LR probed flips half the contexts)")
+    if result.eta_c is None:
+        return f"η_c > {lo:.3g} (fewer than half of the contexts flip at any LR searched)"
+    if lo == 0.0:
+        return f"η_c ≤ {hi:.3g} (half of the contexts flip at every LR searched)"
+    return f"η_c ∈ ({lo:.3g}, {hi:.3g}]"
 
 
-def bisection_report(campaign, *, rtol: float = CRITICAL_RTOL) -> str:
-    """One line on a model's η_c bisection: its probe runs and steps, and the monotonicity check."""
-    d = _critical_lr_entry(campaign, rtol, None)
-    cost, bad = d["cost"], d["violations"]
-    check = (f"monotonicity in η held on all {d['checked']} runs read" if not bad else
-             f"monotonicity in η VIOLATED on {len(bad)} pair(s) of the {d['checked']} runs read: "
+def search_report(campaign) -> str:
+    """One line on a model's adaptive runs: the A1 extension, the η_i searches and their monotonicity."""
+    sat = saturations(campaign)
+    result, states = critical_lrs(campaign)
+    added = sum(len(s.added) for s in sat.values())
+    unbracketed = sum(s.estimate is not None and s.estimate.value is None for s in sat.values())
+    probes = sum(len(s.probes) for s in states.values())
+    steps = sum(s.steps for s in states.values())
+    read = sum(len(s.seen) for s in states.values())
+    bad = [(c, up, down) for c, s in states.items() for up, down in s.violations()]
+    check = (f"monotonicity in η held on all {read} runs read" if not bad else
+             f"monotonicity in η VIOLATED on {len(bad)} pair(s) of the {read} runs read: "
              + "; ".join(f"{c} flips at {up:.3g} but not at {down:.3g}" for c, up, down in bad))
-    return (f"{eta_c_text(_result(d))} after {len(d['probes'])} probes: {cost['probe_runs']} probe runs, "
-            f"{cost['probe_steps']} steps; {cost['implied']} outcomes implied by monotonicity, "
-            f"{cost['reused']} read from stored runs; {check}")
+    return (f"{eta_c_text(result)}; saturation grid extended by {added} run(s), {unbracketed} of "
+            f"{len(sat)} contexts unbracketed (a bound); η_i of {len(states)} contexts: {probes} probe runs, "
+            f"{steps} steps; {check}")
 
 
 def blind_statistic(campaign) -> laws.BlindQ:
-    """The model's blind ``q`` from step-0 gradients (SPEC §5), ``r`` cached per context."""
-    dz0, r = {}, {}
+    """The model's blind ``q`` from step-0 ``r`` and ``Φ_0`` (SPEC §5 A3), cached per context."""
+    phi0, r = {}, {}
     for context in campaign.usable:
         out = runs.blind_r(campaign.model, context, campaign.orientations[context], store=campaign.store,
                            loader=campaign.loader)
-        dz0[context], r[context] = out["dz0"], out["r"]
-    return laws.blind_q(dz0, r, campaign.plan.steps)
+        phi0[context], r[context] = out["phi0"], out["r"]
+    return laws.blind_q(phi0, r, campaign.plan.steps)
 
 
 @dataclass(frozen=True)
@@ -460,8 +344,8 @@ class ModelLaws:
     g2mean: float
     shape: str
     cls: str
-    eta_sat: float | None
-    h_ft: float | None
+    eta_sat: laws.Estimate | None
+    h_ft: laws.Estimate | None
     b_ft: float
     lora_sufficiency: float
     q: float | None
@@ -470,40 +354,53 @@ class ModelLaws:
     rel_error: float | None = None
 
 
-def blind_predictions(campaigns: Sequence[Campaign]) -> tuple[list[laws.Prediction], dict[str, str]]:
+@dataclass(frozen=True)
+class BlindResult:
+    """C13's leave-one-out predictions and, per held-out model, the per-context check (SPEC §5 A3)."""
+
+    predictions: list
+    checks: dict          # model → laws.ContextCheck or None
+    excluded: dict        # model → why it takes no part
+
+
+def blind_predictions(campaigns: Sequence[Campaign]) -> BlindResult:
     """Leave-one-out blind predictions of η_c (SPEC §5, C13) over the campaigns that allow one.
 
-    A model takes part when its plan has the critical-LR bisection, its ``q`` exists (some
-    context has ``r > 0``) and its ``η_c`` was bracketed (:func:`phantom.laws.critical_lr`).
-    Each prediction is fixed before the held-out model's ``η_c`` is read
-    (:func:`phantom.laws.leave_one_out`).
-
-    Returns
-    -------
-    predictions : list of Prediction
-        Empty when fewer than two models take part.
-    excluded : dict of str to str
-        Every other model, with the reason it cannot take part.
+    A model takes part when its plan locates η_c, its ``q`` exists (some context has
+    ``r > 0``) and η_c is a number. Each prediction is fixed before the held-out model's
+    ``η_c`` is read (:func:`phantom.laws.leave_one_out`); the per-context check uses the
+    same ``k`` (the other models') on the held-out model's ``q_i`` and ``η_i``.
     """
-    q, excluded = {}, {}
+    q, excluded, blind = {}, {}, {}
     for c in campaigns:
         if not c.plan.eta_c:
-            excluded[c.model] = "no critical-LR bisection in its plan"
+            excluded[c.model] = "no critical-LR search in its plan"
         elif (bq := blind_statistic(c)).q is None:
             excluded[c.model] = f"no context with r > 0 ({', '.join(bq.excluded)})"
         elif not (ec := critical_lr_of(c)).converged:
-            excluded[c.model] = f"no bracket on η_c: {eta_c_text(ec)}"
+            excluded[c.model] = f"η_c not located: {eta_c_text(ec)}"
         else:
-            q[c.model] = bq.q
-    by_model = {c.model: c for c in campaigns}
+            q[c.model], blind[c.model] = bq.q, bq
     if len(q) < 2:
-        return [], excluded
-    return laws.leave_one_out(q, lambda m: critical_lr_of(by_model[m]).eta_c), excluded
+        return BlindResult([], {}, excluded)
+    by_model = {c.model: c for c in campaigns}
+    predictions = laws.leave_one_out(q, lambda m: critical_lr_of(by_model[m]).eta_c)
+    checks = {p.model: laws.per_context_check(p.k, blind[p.model].per_context,
+                                              {c: e.value for c, e in context_lrs(by_model[p.model]).items()})
+              for p in predictions}
+    return BlindResult(predictions, checks, excluded)
 
 
-def _bracketed(result: laws.CriticalLR) -> float | None:
-    """η_c when the bisection bracketed it, else None (only a bound is known)."""
-    return result.eta_c if result.converged else None
+def context_points(campaigns: Sequence[Campaign], blind: BlindResult | None = None) -> dict[str, list]:
+    """Per predicted model, ``[(context, η_i, η̂_i = k q_i)]`` with ``k`` from the other models (A3)."""
+    blind = blind_predictions(campaigns) if blind is None else blind
+    by_model = {c.model: c for c in campaigns}
+    out = {}
+    for p in blind.predictions:
+        c = by_model[p.model]
+        q_i, eta_i = blind_statistic(c).per_context, context_lrs(c)
+        out[p.model] = [(ctx, eta_i[ctx].value, p.k * q) for ctx, q in q_i.items() if eta_i[ctx].value is not None]
+    return out
 
 
 def laws_table(campaigns: Sequence[Campaign]) -> list[ModelLaws]:
@@ -511,13 +408,13 @@ def laws_table(campaigns: Sequence[Campaign]) -> list[ModelLaws]:
     rows = {}
     for c in campaigns:
         b = bulk(c)
-        eta_sat, h = reduced_field_of(c) if c.plan.saturation else (None, None)
+        eta_sat, h = reduced_field_of(c)
+        ec = critical_lr_of(c) if c.plan.eta_c else None
         rows[c.model] = ModelLaws(
             model=c.model, g2mean=b["g2mean"], shape=b["kind"], cls=b["cls"], eta_sat=eta_sat, h_ft=h,
             b_ft=burial_ft(c), lora_sufficiency=lora_sufficiency(c),
             q=blind_statistic(c).q if c.plan.eta_c else None,
-            eta_c=_bracketed(critical_lr_of(c)) if c.plan.eta_c else None)
-    predictions, _ = blind_predictions(campaigns)
-    for p in predictions:
+            eta_c=ec.eta_c if ec is not None and ec.converged else None)
+    for p in blind_predictions(campaigns).predictions:
         rows[p.model] = dataclasses.replace(rows[p.model], eta_hat=p.eta_hat, rel_error=p.rel_error)
     return list(rows.values())

@@ -353,6 +353,11 @@ def _fmt(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _estimate(e) -> str:
+    """An :class:`phantom.laws.Estimate` in a table cell: ``2.2e-06``, ``< 2e-07``, ``> 100``."""
+    return "—" if e is None else e.text("", ".3g").strip().lstrip("= ").replace("∈ ", "")
+
+
 def cmd_laws(args: argparse.Namespace) -> int:
     from . import plots
 
@@ -373,25 +378,27 @@ def cmd_laws(args: argparse.Namespace) -> int:
         rows = campaign.laws_table(campaigns)
     clock("done")
     width = max([16] + [len(r.model) for r in rows])   # whole names: pythia-70m ≠ pythia-410m
-    head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>10}{'H_FT':>8}{'B_FT':>7}" \
+    head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>12}{'H_FT':>10}{'B_FT':>7}" \
            f"{'LoRA':>6}{'η_c':>10}{'η̂_c':>10}{'error':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_fmt(r.eta_sat, '.3g'):>10}"
-              f"{_fmt(r.h_ft, '.3g'):>8}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
+        print(f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_estimate(r.eta_sat):>12}"
+              f"{_estimate(r.h_ft):>10}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
               f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}")
+    print("(η_sat and H_FT: a number when measured LRs bracket every middle context's η_sat, else a bound: "
+          "SPEC §5 A1)")
     out = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "laws.json", [dataclasses.asdict(r) for r in rows])
+        write_json_atomic(out / "laws.json", [dataclasses.asdict(r) for r in rows])   # Estimate → {lo, hi}
         written = [out / "laws.json"]
         for c in campaigns:
             if c.plan.saturation:
-                responses = campaign.saturation_responses(c)
-                written.append(plots.plot_saturation(c.model, responses, campaign.saturation_fits(c, responses),
+                written.append(plots.plot_saturation(c.model, campaign.saturations(c),
                                                      out / f"saturation_{safe_name(c.model)}.png"))
-        written.append(plots.plot_prediction(rows, out / "critical_lr.png"))
+        written.append(plots.plot_context_prediction(
+            campaign.context_points(campaigns), {r.model: r.eta_c for r in rows}, out / "critical_lr.png"))
     except OSError as err:
         raise CliError(f"cannot write the outputs to {out}: {err}") from None
     print(f"{'wrote':<12}" + f"\n{'':<12}".join(map(str, written)), flush=True)

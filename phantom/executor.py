@@ -13,10 +13,10 @@ cached computation of :mod:`phantom.runs` each — run by an executor into the r
   a driver whose environment fingerprint differs (its keys would silently differ); a task
   that raises or dies is retried, and the store's atomic writes leave no partial entry.
 
-The critical-LR bisection runs on the driver (:func:`phantom.campaign.critical_lr_of`),
-each probe's contexts computed in parallel through its ``prefetch``; it writes the entries
-the local executor writes. The store must be one POSIX directory at the same path on every
-node (``flock`` and ``os.replace`` are atomic on NFS).
+The adaptive runs (saturation brackets, critical-LR searches, the operating point: SPEC
+§5 A1–A2, §6 A4) are placed on the driver (:mod:`phantom.search`), each step's runs computed
+in parallel through its ``prefetch``; they are the entries the local executor writes.
+The store must be one POSIX directory at the same path on every node (``flock`` and ``os.replace`` are atomic on NFS).
 
 ``compute(campaigns, executor="local" | "ray", address=None, progress=None)`` is the API.
 """
@@ -32,7 +32,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from . import campaign as cmp
-from . import contexts, runs, zoo
+from . import contexts, runs, search, zoo
 from .store import RunStore
 
 EXECUTORS = ("local", "ray")
@@ -352,7 +352,7 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
                      report: Callable[[Progress], None] | None = None,
                      lock: threading.Lock | None = None) -> Progress:
     """Every entry a claims session reads of one campaign: orientations, planned runs, bulk and
-    blind statistics, the η_c bisection (on this process, each probe's contexts in parallel)."""
+    blind statistics, then the adaptive runs (placed on this process, each step's runs in parallel)."""
     track = _Tracker(c.model, report, lock or threading.Lock())
     if executor.parallel:   # this process never fine-tunes: workers compute every entry
         c = cmp.Campaign(c.model, c.plan, c.store, loader=_refuse, device=c.device)
@@ -365,14 +365,19 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
     planned = [run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
     track.begin("runs", len(planned))
     run(planned + statistic_tasks(c))
-    if c.plan.eta_c:
-        track.begin("η_c bisection")
+    if c.plan.saturation or c.plan.eta_c:
+        track.begin("adaptive runs")
 
         def prefetch(specs: list[tuple[str, float, str, str]]) -> None:
-            track.begin("η_c bisection", len(specs))
+            track.begin("adaptive runs", len(specs))
             run([run_task(c, *spec) for spec in specs])
 
-        cmp.critical_lr_of(c, prefetch=prefetch)
+        for context in c.usable:
+            search.saturation(c, context, prefetch)
+        if c.plan.eta_c:
+            cmp.critical_lrs(c, prefetch)
+        if (lr := cmp.operating_lr(c)) is not None:
+            prefetch([("full", lr, context, c.plan.stop) for context in c.usable])
     track.stage = "done"
     track.send(finished=True)
     return track.progress(finished=True)

@@ -1,53 +1,123 @@
-"""Cross-model laws of SPEC §5: saturation, critical LR, blind predictor, statistics.
+"""Cross-model laws of SPEC §5 and the statistics of §6: pure maths on plain numbers.
 
-Pure maths on plain numbers and callables: nothing here imports a model, the run store or
-the fine-tuning engine. The run layer (:mod:`phantom.campaign`) measures the inputs and
-passes them in:
+Nothing here imports a model, the run store or the fine-tuning engine. The run layer
+(:mod:`phantom.campaign`, :mod:`phantom.critical`) measures the inputs and passes them in:
 
-- :func:`fit_saturation` fits ``R(η) = R_∞ (1 − exp(−η/η_sat))`` by least squares to the
-  response ``R(η) = Φ_T(η) − Φ_0`` of one context over a learning-rate grid;
-  :func:`reduced_field` turns the per-context ``η_sat`` of one model into ``H = η_ref / η_sat``.
-- :func:`critical_lr` locates ``η_c``, the smallest full-FT LR at which at least half of the
-  usable contexts Born-flip by ``T``, by bisection in log η to 1% relative precision.
-- :func:`blind_q`, :func:`predict_held_out` and :func:`leave_one_out` implement the blind
-  predictor ``η̂_c = k · q`` with ``k`` fitted on the *other* models only; the held-out model's
-  ``η_c`` is provably not read before its prediction is fixed (:class:`LeakageError`).
-- :func:`spearman` and :func:`cv` are the statistics the claims (SPEC §6) use.
+- :func:`fit_saturation` fits ``R(η) = R_∞ (1 − exp(−η/η_sat))`` to one context's responses;
+  :func:`saturation_estimate` turns a fit into a number when measured LRs bracket its
+  ``η_sat`` and into a bound otherwise (A1), and :func:`next_saturation_lr` names the LR that
+  extends the grid towards a bracket. An :class:`Estimate` is a number or a bound; medians,
+  the reduced field ``H`` and the CV of C9 carry bounds through (:func:`median_estimate`,
+  :func:`reduced_field`, :func:`cv_range`).
+- :func:`critical_from_brackets` reads ``η_c``, the ``⌈n/2⌉``-th smallest per-context
+  critical LR ``η_i``, from the contexts' brackets (A2).
+- :func:`blind_q`, :func:`predict_held_out`, :func:`leave_one_out` and
+  :func:`per_context_check` implement the blind predictor on ``Φ`` (A3) with ``k`` fitted on
+  the *other* models only; the held-out model's ``η_c`` is provably not read before its
+  prediction is fixed (:class:`LeakageError`).
+- :func:`spearman`, :func:`permutation_p`, :func:`cv`, :func:`bootstrap_indices` and
+  :func:`percentile_interval` are the statistics of §6 (A6), from scipy where it has them.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize, stats
 
-from .protocol import CRITICAL_FRACTION, CRITICAL_RTOL, ETA_REF
+from .protocol import (
+    BOOTSTRAP_B,
+    BOOTSTRAP_SEED,
+    CRITICAL_FRACTION,
+    CRITICAL_RTOL,
+    ETA_REF,
+    INTERVAL,
+    PERMUTATION_EXACT_MAX,
+    PERMUTATION_SEED,
+    PERMUTATIONS,
+    SAT_ABOVE,
+    SAT_BELOW,
+    SAT_BRACKET,
+)
 
-# Search range of η_sat relative to the LR grid: [min η / SAT_SPAN, max η · SAT_SPAN].
+# Search range of η_sat relative to the LRs fitted: [min η / SAT_SPAN, max η · SAT_SPAN]
+# (an implementation constant, disclosed in CLAIMS.md).
 SAT_SPAN = 100.0
-_LOG_STEP = 0.05          # coarse grid spacing in ln η_sat
-_LOG_TOL = 1e-7           # golden-section stopping width in ln η_sat (≈ 1e-7 relative)
-_INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
-EXTEND_DECADES = 3        # η_c search beyond the LR grid, in decades each way (not a SPEC value)
+_LOG_STEP = 0.05          # coarse grid spacing in ln η_sat before the bounded refinement
+_LOG_TOL = 1e-7           # refinement tolerance in ln η_sat (≈ 1e-7 relative)
 
 
 # --------------------------------------------------------------------------------------------
-# Saturation
+# Numbers and bounds
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Estimate:
+    """A quantity known as a number (``lo == hi``) or only within ``[lo, hi]`` (SPEC §5 A1).
+
+    ``lo = 0`` means only an upper bound is known, ``hi = inf`` only a lower bound.
+    """
+
+    lo: float
+    hi: float
+
+    def __post_init__(self):
+        if not (0.0 <= self.lo <= self.hi) or math.isnan(self.hi):
+            raise ValueError(f"an estimate needs 0 ≤ lo ≤ hi, got [{self.lo!r}, {self.hi!r}]")
+
+    @classmethod
+    def number(cls, value: float) -> Estimate:
+        return cls(float(value), float(value))
+
+    @property
+    def value(self) -> float | None:
+        """The number, or None when only a bound is known."""
+        return self.lo if self.lo == self.hi else None
+
+    def scaled_inverse(self, scale: float) -> Estimate:
+        """``scale / x`` of every ``x`` in the estimate (``H = η_ref / η_sat``)."""
+        return Estimate(scale / self.hi if self.hi > 0 else math.inf, scale / self.lo if self.lo > 0 else math.inf)
+
+    def text(self, name: str, fmt: str = ".3g") -> str:
+        """``"H_FT = 9.2"``, ``"H_FT > 100"``, ``"H_FT < 3"`` or ``"H_FT ∈ [3, 9]"``."""
+        if self.value is not None:
+            return f"{name} = {self.value:{fmt}}"
+        if self.lo == 0.0:
+            return f"{name} < {self.hi:{fmt}}"
+        if math.isinf(self.hi):
+            return f"{name} > {self.lo:{fmt}}"
+        return f"{name} ∈ [{self.lo:{fmt}}, {self.hi:{fmt}}]"
+
+
+def median_estimate(estimates: Sequence[Estimate]) -> Estimate:
+    """The median of quantities known as numbers or bounds: every median they allow.
+
+    The median is non-decreasing in each argument, so the medians compatible with the
+    estimates span ``[median(lo), median(hi)]``: a number when the middle ones are numbers,
+    a bound when a bound reaches the middle (SPEC §5 A1: ``η_sat(model)``).
+    """
+    if not estimates:
+        raise ValueError("the median of no estimate is undefined")
+    return Estimate(float(np.median([e.lo for e in estimates])), float(np.median([e.hi for e in estimates])))
+
+
+# --------------------------------------------------------------------------------------------
+# Saturation (SPEC §5, A1)
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SaturationFit:
-    """Least-squares fit of ``R(η) = R_∞ (1 − exp(−η/η_sat))`` (SPEC §5).
+    """Least-squares fit of ``R(η) = R_∞ (1 − exp(−η/η_sat))`` to one context (SPEC §5).
 
     Attributes
     ----------
     r_inf : float
         Fitted saturation amplitude ``R_∞`` (unconstrained in sign).
     eta_sat : float
-        Fitted saturation LR ``η_sat``. It lies in :func:`saturation_search_bounds`; when it
-        equals a bound (see :meth:`at_boundary`) the data show no saturation within the range
-        (e.g. a response linear in η gives the upper bound) and the caller must report it.
+        Fitted ``η_sat`` within :func:`saturation_search_bounds` of the LRs fitted.
     residual : float
         Root-mean-square residual ``sqrt(mean((R − fit)²))``.
     n : int
@@ -59,33 +129,14 @@ class SaturationFit:
     residual: float
     n: int
 
-    def at_boundary(self, etas: Sequence[float], rel: float = 1e-3) -> bool:
-        """True iff ``eta_sat`` is within ``rel`` (relative) of a bound of the search range.
-
-        Parameters
-        ----------
-        etas : sequence of float
-            The learning rates the fit was made on (they define the range).
-        rel : float
-            Relative closeness counted as "at the bound".
-        """
-        lo, hi = saturation_search_bounds(etas)
-        return bool(self.eta_sat <= lo * (1.0 + rel) or self.eta_sat >= hi / (1.0 + rel))
+    @property
+    def rel_residual(self) -> float:
+        """``rms(R − fit) / |R_∞|`` (SPEC §5 A1), inf when ``R_∞ = 0``."""
+        return self.residual / abs(self.r_inf) if self.r_inf else math.inf
 
 
 def saturation_search_bounds(etas: Sequence[float]) -> tuple[float, float]:
-    """Range ``[min η / 100, max η · 100]`` searched for ``η_sat`` by :func:`fit_saturation`.
-
-    Parameters
-    ----------
-    etas : sequence of float
-        Positive, finite learning rates.
-
-    Returns
-    -------
-    tuple of float
-        ``(lower, upper)`` bound on ``η_sat`` (SPEC §5 saturation fit).
-    """
+    """Range ``[min η / 100, max η · 100]`` searched for ``η_sat`` by :func:`fit_saturation`."""
     e = np.asarray(etas, dtype=np.float64)
     if e.ndim != 1 or e.size == 0:
         raise ValueError("etas must be a non-empty 1-D sequence")
@@ -98,10 +149,7 @@ def _sat_profile(eta: np.ndarray, resp: np.ndarray, log_sat: float) -> tuple[flo
     """(sum of squared residuals, optimal R_∞) for fixed ``η_sat = exp(log_sat)``."""
     b = -np.expm1(-eta / math.exp(log_sat))          # 1 − exp(−η/η_sat), accurate for small η
     bb = float(b @ b)
-    if bb == 0.0 or not math.isfinite(bb):
-        r_inf = 0.0
-    else:
-        r_inf = float(b @ resp) / bb
+    r_inf = float(b @ resp) / bb if bb > 0.0 and math.isfinite(bb) else 0.0
     res = resp - r_inf * b
     return float(res @ res), r_inf
 
@@ -120,13 +168,10 @@ def fit_saturation(etas: Sequence[float], responses: Sequence[float]) -> Saturat
     """Fit ``R(η) = R_∞ (1 − exp(−η/η_sat))`` by least squares (SPEC §5).
 
     For fixed ``η_sat`` the optimal ``R_∞`` is the closed-form linear least-squares
-    coefficient; the remaining (profile) sum of squares is minimised over ``ln η_sat`` on a
-    coarse log grid spanning ``[min η / 100, max η · 100]`` and refined by golden-section
-    search in log space to about 1e-7 relative.
-
-    If the best ``η_sat`` lies at the search boundary (e.g. a response linear in η: no
-    saturation within range, or a step already complete at the smallest η) it is still
-    returned; :meth:`SaturationFit.at_boundary` detects this and the caller reports it.
+    coefficient; the profile sum of squares is scanned over ``ln η_sat`` on a coarse grid
+    spanning ``[min η / 100, max η · 100]`` (the global minimum's neighbourhood) and refined
+    by ``scipy.optimize.minimize_scalar`` (bounded) between the best point's neighbours.
+    Whether the LRs fitted support the result is :func:`saturation_estimate`'s question.
 
     Parameters
     ----------
@@ -134,291 +179,234 @@ def fit_saturation(etas: Sequence[float], responses: Sequence[float]) -> Saturat
         Learning rates (positive, finite), at least 3.
     responses : sequence of float
         Responses ``R(η) = Φ_T(η) − Φ_0`` (finite), same length as ``etas``.
-
-    Returns
-    -------
-    SaturationFit
-
-    Raises
-    ------
-    ValueError
-        Fewer than 3 points, different lengths, non-positive or non-finite etas, or non-finite
-        responses.
     """
     eta, resp = _paired(etas, responses, "etas", "responses")
     if eta.size < 3:
         raise ValueError(f"need at least 3 points for a saturation fit, got {eta.size}")
-    if not np.all(np.isfinite(eta)) or np.any(eta <= 0):
-        raise ValueError("etas must be positive and finite")
     if not np.all(np.isfinite(resp)):
         raise ValueError("responses must be finite")
-
-    lo, hi = saturation_search_bounds(eta)
-    a, b = math.log(lo), math.log(hi)
-    m = max(int(math.ceil((b - a) / _LOG_STEP)), 2) + 1
-    grid = np.linspace(a, b, m)
+    a, b = (math.log(x) for x in saturation_search_bounds(eta))
+    grid = np.linspace(a, b, max(int(math.ceil((b - a) / _LOG_STEP)), 2) + 1)
     sse = np.array([_sat_profile(eta, resp, x)[0] for x in grid])
     i = int(np.argmin(sse))
-    left, right = grid[max(i - 1, 0)], grid[min(i + 1, m - 1)]
-
-    # Golden-section search on [left, right] (the bracket of the best grid point).
-    f = lambda x: _sat_profile(eta, resp, x)[0]  # noqa: E731
-    c = right - _INVPHI * (right - left)
-    d = left + _INVPHI * (right - left)
-    fc, fd = f(c), f(d)
-    while right - left > _LOG_TOL:
-        if fc <= fd:
-            right, d, fd = d, c, fc
-            c = right - _INVPHI * (right - left)
-            fc = f(c)
-        else:
-            left, c, fc = c, d, fd
-            d = left + _INVPHI * (right - left)
-            fd = f(d)
-    # Best of the refined point and the bracket ends (keeps exact boundaries reachable).
-    cands = [0.5 * (left + right), grid[i], left, right]
-    vals = [f(x) for x in cands]
-    x_best = cands[int(np.argmin(vals))]
-    s_best, r_inf = _sat_profile(eta, resp, x_best)
-    return SaturationFit(r_inf=float(r_inf), eta_sat=float(math.exp(x_best)),
+    left, right = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    found = optimize.minimize_scalar(lambda x: _sat_profile(eta, resp, x)[0], bounds=(left, right),
+                                     method="bounded", options={"xatol": _LOG_TOL})
+    best = min((grid[i], found.x), key=lambda x: _sat_profile(eta, resp, x)[0])   # keeps the range's ends
+    s_best, r_inf = _sat_profile(eta, resp, best)
+    return SaturationFit(r_inf=float(r_inf), eta_sat=float(math.exp(best)),
                          residual=float(math.sqrt(s_best / eta.size)), n=int(eta.size))
 
 
-def reduced_field(eta_sats: Sequence[float], eta_ref: float = ETA_REF) -> float:
-    """Reduced field ``H = η_ref / median(η_sat)`` of one model (SPEC §5).
+def support(etas: Sequence[float], eta_sat: float) -> tuple[int, int]:
+    """``(LRs below η_sat, LRs above it)`` among the LRs measured (SPEC §5 A1)."""
+    e = np.asarray(etas, dtype=np.float64)
+    return int(np.sum(e < eta_sat)), int(np.sum(e > eta_sat))
 
-    Parameters
-    ----------
-    eta_sats : sequence of float
-        Per-context fitted ``η_sat`` (positive, finite), at least one.
-    eta_ref : float
-        Reference LR, default :data:`ETA_REF` = 2e-5.
 
-    Returns
-    -------
-    float
+def next_saturation_lr(etas: Sequence[float], fit: SaturationFit, tried: Sequence[float] = ()) -> float | None:
+    """The LR that extends a context's grid towards a bracketed ``η_sat``, or None (A1).
+
+    Below first: the largest LR of :data:`~phantom.protocol.SAT_BELOW` not yet measured
+    (nor ``tried``: a run that diverged) while fewer than two measured LRs lie below
+    ``η_sat``; then above, the smallest of :data:`~phantom.protocol.SAT_ABOVE`. None when the
+    fit is bracketed or the extension (two decades below the extended grid, one above) is spent.
     """
-    e = np.asarray(eta_sats, dtype=np.float64)
-    if e.ndim != 1 or e.size == 0:
-        raise ValueError("eta_sats must be a non-empty 1-D sequence")
-    if not np.all(np.isfinite(e)) or np.any(e <= 0):
-        raise ValueError("eta_sats must be positive and finite")
+    below, above = support(etas, fit.eta_sat)
+    measured = {round(math.log(e), 9) for e in (*etas, *tried)}
+    for short, steps in ((below < SAT_BRACKET, SAT_BELOW), (above < SAT_BRACKET, SAT_ABOVE)):
+        if short:
+            fresh = [s for s in steps if round(math.log(s), 9) not in measured]
+            if fresh:
+                return fresh[0]
+    return None
+
+
+def saturation_estimate(etas: Sequence[float], fit: SaturationFit) -> Estimate:
+    """A context's ``η_sat``: the fitted number when bracketed, else a bound (SPEC §5 A1).
+
+    Bracketed: at least two measured LRs on each side of the fitted ``η_sat``. Otherwise the
+    data only say on which side of the measured LRs it lies: ``η_sat < η`` with ``η`` the
+    smallest measured LR above the fit (the grid's smallest when the fit lies below every
+    LR) or ``η_sat > η`` with the largest measured LR below it.
+    """
+    below, above = support(etas, fit.eta_sat)
+    e = np.asarray(etas, dtype=np.float64)
+    if below >= SAT_BRACKET and above >= SAT_BRACKET:
+        return Estimate.number(fit.eta_sat)
+    if below < SAT_BRACKET:
+        return Estimate(0.0, float(e[e > fit.eta_sat].min()) if above else float(e.max()))
+    return Estimate(float(e[e < fit.eta_sat].max()), math.inf)
+
+
+def reduced_field(eta_sat: Estimate, eta_ref: float = ETA_REF) -> Estimate:
+    """Reduced field ``H = η_ref / η_sat(model)`` (SPEC §5): a bound when ``η_sat`` is one."""
     if not (math.isfinite(eta_ref) and eta_ref > 0):
         raise ValueError("eta_ref must be positive and finite")
-    return float(eta_ref / np.median(e))
+    return eta_sat.scaled_inverse(eta_ref)
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics
+# Statistics (SPEC §6, A6)
 # --------------------------------------------------------------------------------------------
-
-def _average_ranks(v: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties given the average of the ranks they span."""
-    order = np.argsort(v, kind="mergesort")
-    sv = v[order]
-    ranks = np.empty(v.size, dtype=np.float64)
-    i = 0
-    while i < v.size:
-        j = i
-        while j + 1 < v.size and sv[j + 1] == sv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
-
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation, average ranks for ties (SPEC §6 claims).
+    """Spearman rank correlation with average ranks for ties (``scipy.stats.spearmanr``).
 
-    Parameters
-    ----------
-    x, y : sequence of float
-        Paired values of equal length; ±inf are allowed (a jump ratio can be infinite).
-
-    Returns
-    -------
-    float
-        Pearson correlation of the average ranks; ``nan`` if ``n < 2`` or either input is
-        constant.
+    ±inf are allowed (a jump ratio can be infinite); NaN is refused. ``nan`` if ``n < 2`` or
+    either input is constant.
     """
     a, b = _paired(x, y, "x", "y")
     if np.isnan(a).any() or np.isnan(b).any():
         raise ValueError("x and y must not contain NaN (±inf rank last/first)")
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
-    ra = _average_ranks(a) - (a.size + 1) / 2.0
-    rb = _average_ranks(b) - (b.size + 1) / 2.0
-    rho = float(ra @ rb) / math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(min(1.0, max(-1.0, rho)))
+    ra, rb = stats.rankdata(a), stats.rankdata(b)       # inf-safe ranks; spearmanr = Pearson of ranks
+    return float(min(1.0, max(-1.0, stats.spearmanr(ra, rb).statistic)))
+
+
+def permutation_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """Two-sided permutation p-value of Spearman's ρ (SPEC §6 A6), ``scipy.stats.permutation_test``.
+
+    Every one of the ``n!`` orderings for ``n ≤ 8``, else 100,000 random ones (seed 0).
+    ``nan`` where ρ is (``n < 2`` or a constant input).
+    """
+    a, b = _paired(x, y, "x", "y")
+    if math.isnan(spearman(a, b)):
+        return float("nan")
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    ra = (ra - ra.mean()) / np.linalg.norm(ra - ra.mean())
+    rb = (rb - rb.mean()) / np.linalg.norm(rb - rb.mean())
+
+    def rho(yy, axis=-1):                             # Pearson of centred unit ranks, vectorised
+        return np.sum(ra * yy, axis=axis)
+
+    exact = a.size <= PERMUTATION_EXACT_MAX
+    result = stats.permutation_test((rb,), rho, permutation_type="pairings", vectorized=True,
+                                    n_resamples=np.inf if exact else PERMUTATIONS, alternative="two-sided",
+                                    rng=None if exact else np.random.default_rng(PERMUTATION_SEED))
+    return float(result.pvalue)
 
 
 def cv(values: Sequence[float]) -> float:
-    """Coefficient of variation: sample std (ddof=1) / mean (SPEC §6, C9).
-
-    Parameters
-    ----------
-    values : sequence of float
-        Finite values, at least 2.
-
-    Returns
-    -------
-    float
-        ``std(values, ddof=1) / mean(values)``; ``nan`` if the mean is zero.
-
-    Raises
-    ------
-    ValueError
-        Fewer than 2 values or a non-finite value.
-    """
+    """Coefficient of variation: sample std (ddof=1) / mean (SPEC §6, C9); nan for a zero mean."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size < 2:
         raise ValueError(f"cv needs at least 2 values, got {v.size}")
     if not np.all(np.isfinite(v)):
         raise ValueError("values must be finite")
     mean = float(np.mean(v))
-    if mean == 0.0:
-        return float("nan")
-    return float(np.std(v, ddof=1) / mean)
+    return float("nan") if mean == 0.0 else float(np.std(v, ddof=1) / mean)
+
+
+def cv_range(estimates: Sequence[Estimate]) -> tuple[float, float]:
+    """Every CV the estimates allow: ``(min, max)`` over their box (SPEC §5 A1, C9).
+
+    CV = std/mean is quasi-convex on positive values, so its maximum over a box lies at a
+    vertex (all enumerated) and its minimum is found by ``scipy.optimize`` (a bounded scalar
+    search over a common centre every value is clipped to, polished by L-BFGS-B). An
+    unbounded side stands at 10⁹ times the largest finite end: CV tends to its limit there.
+    """
+    lo = np.array([e.lo for e in estimates], dtype=np.float64)
+    hi = np.array([e.hi for e in estimates], dtype=np.float64)
+    if lo.size < 2:
+        raise ValueError(f"cv needs at least 2 values, got {lo.size}")
+    finite = np.concatenate([lo[lo > 0], hi[np.isfinite(hi)]])
+    big = 1e9 * float(finite.max(initial=1.0))
+    hi = np.where(np.isinf(hi), big, hi)
+    if np.all(lo == hi):
+        return (cv(lo),) * 2
+    corners = itertools.product(*[(a, b) if a != b else (a,) for a, b in zip(lo, hi)])
+    top = max(cv(np.array(c)) for c in corners)
+    if lo.max() <= hi.min():                            # one value fits every box
+        return 0.0, top
+    clipped = lambda m: cv(np.clip(math.exp(m), lo, hi))   # noqa: E731
+    ends = np.log(np.clip([lo.max(), hi.min()], 1e-300, None))
+    centre = optimize.minimize_scalar(clipped, bounds=(min(ends), max(ends)), method="bounded")
+    x0 = np.clip(math.exp(centre.x), lo, hi)
+    polish = optimize.minimize(cv, x0, method="L-BFGS-B", bounds=list(zip(lo, hi)))
+    return float(min(centre.fun, polish.fun, top)), float(top)
+
+
+def bootstrap_indices(n: int, *, b: int = BOOTSTRAP_B, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(b, n) indices of ``b`` resamples with replacement of ``n`` contexts (SPEC §6 A6).
+
+    One seeded generator (:data:`~phantom.protocol.BOOTSTRAP_SEED`) unless ``rng`` is given:
+    the same resamples every time.
+    """
+    if n < 1:
+        raise ValueError(f"a bootstrap needs at least one context, got {n}")
+    rng = np.random.default_rng(BOOTSTRAP_SEED) if rng is None else rng
+    return rng.integers(0, n, size=(b, n))
+
+
+def percentile_interval(values: Sequence[float], level: float = INTERVAL) -> tuple[float, float] | None:
+    """The ``level`` percentile interval of the finite bootstrap values, or None if there are none."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return None
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(v, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------------------------------
-# Critical learning rate
+# Critical learning rate (SPEC §5, A2)
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CriticalLR:
-    """Result of :func:`critical_lr` (SPEC §5).
+    """``η_c`` of a model from its contexts' brackets (SPEC §5 A2).
 
     Attributes
     ----------
     eta_c : float or None
-        The critical LR (the upper end of the final bracket). Without a bracket: the smallest
-        LR probed if every probe succeeds (an upper bound: η_c lies below it), ``None`` if no
-        probe succeeds (η_c lies above the largest).
-    bracket : tuple of float or None
-        Final ``(lo, hi)`` with ``f(lo) < 0.5 ≤ f(hi)``; ``None`` when no bracket exists.
-    probes : tuple of (float, float)
-        ``(η, flip fraction)`` of every LR consulted, in probe order (values taken from
-        ``known`` included).
+        The ``⌈n/2⌉``-th smallest per-context upper end: the smallest LR known to flip at
+        least half of the contexts. None when fewer than half ever flip in the range searched.
+    bracket : tuple of float
+        ``(lo, hi)``: at ``lo`` fewer than half of the contexts flip, at ``hi = eta_c`` at least
+        half; ``lo = 0`` when every LR probed flips half of them (``η_c ≤ hi``, a bound).
     converged : bool
-        True iff a bracket with ``hi/lo − 1 ≤ rtol`` was reached.
+        ``hi / lo − 1 ≤ rtol``.
     """
 
     eta_c: float | None
-    bracket: tuple[float, float] | None
-    probes: tuple[tuple[float, float], ...]
+    bracket: tuple[float, float]
     converged: bool
 
+    def estimate(self) -> Estimate:
+        """η_c as a number (converged) or the bound the bracket gives."""
+        lo, hi = self.bracket
+        return Estimate.number(self.eta_c) if self.converged else Estimate(lo, hi)
 
-def critical_lr(flip_fraction: Callable[[float], float], grid: Sequence[float], *,
-                rtol: float = CRITICAL_RTOL, known: Mapping[float, float] | None = None,
-                extend: int = EXTEND_DECADES) -> CriticalLR:
-    """Locate ``η_c`` by a grid scan then bisection in log η (SPEC §5).
 
-    ``η_c`` is the smallest full-FT LR at which the Born flip happens by ``T`` for at least
-    half of the usable contexts. The flip fraction is assumed monotone in η (nothing more).
-    The sorted grid is scanned upwards and the scan stops at the first LR with fraction
-    ``≥ 0.5`` (``hi``); ``lo`` is the grid LR below it. The bracket is then bisected at the
-    geometric mean until ``hi/lo − 1 ≤ rtol``, keeping ``f(lo) < 0.5 ≤ f(hi)``; ``η_c = hi``.
+def kth_smallest(n: int) -> int:
+    """``⌈n/2⌉``: the order of the per-context critical LR that is ``η_c`` (SPEC §5 A2)."""
+    return math.ceil(n * CRITICAL_FRACTION)
 
-    ``flip_fraction`` is never called twice for the same η, nor for an η in ``known``.
 
-    Parameters
-    ----------
-    flip_fraction : callable
-        ``η -> fraction in [0, 1]`` of usable contexts that Born-flip by ``T`` (expensive).
-    grid : sequence of float
-        Positive, finite, distinct LRs (any order).
-    rtol : float
-        Relative bracket width at which bisection stops (default 1%).
-    extend : int
-        Decades probed below (above) the grid when its smallest LR succeeds (no LR succeeds).
-    known : mapping of float to float, optional
-        Fractions already measured (e.g. on grid points); reused without calling. Keys are
-        matched to probed LRs to within 1e-9 relative.
+def critical_from_brackets(brackets: Sequence[tuple[float, float]], rtol: float = CRITICAL_RTOL) -> CriticalLR:
+    """``η_c`` from per-context brackets ``(lo_i, hi_i)``: no flip at ``lo_i``, a flip at ``hi_i``.
 
-    Returns
-    -------
-    CriticalLR
-        No bracket within ``extend`` decades: ``bracket=None``, ``converged=False``, and
-        ``eta_c=None`` (every probe fails) or the smallest LR probed (every probe succeeds);
-        the caller reports either case.
+    ``lo_i = 0`` when the context flips at every LR probed, ``hi_i = inf`` when it never does.
+    Under per-context monotonicity in η, at an LR ``η`` at least ``#{hi_i ≤ η}`` contexts
+    flip and at most ``#{lo_i < η}``; so with ``k = ⌈n/2⌉`` at least half flip at the
+    ``k``-th smallest ``hi_i`` and fewer than half at the ``k``-th smallest ``lo_i``: the
+    same ``η_c`` as a bisection of the flip fraction, read from the contexts.
     """
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 1 or g.size == 0:
-        raise ValueError("grid must be a non-empty 1-D sequence")
-    if not np.all(np.isfinite(g)) or np.any(g <= 0):
-        raise ValueError("grid LRs must be positive and finite")
-    g = np.sort(g)
-    if np.any(np.diff(g) == 0):
-        raise ValueError("grid LRs must be distinct")
-    if not (math.isfinite(rtol) and rtol > 0):
-        raise ValueError("rtol must be positive and finite")
-
-    def check(eta: float, v) -> float:
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"flip fraction at η={eta!r} is not a number: {v!r}") from None
-        if not (0.0 <= v <= 1.0):
-            raise ValueError(f"flip fraction at η={eta!r} must lie in [0, 1], got {v!r}")
-        return v
-
-    seen: list[tuple[float, float]] = []
-    for k, v in (known or {}).items():
-        k = float(k)
-        if not (math.isfinite(k) and k > 0):
-            raise ValueError(f"known LR must be positive and finite, got {k!r}")
-        seen.append((k, check(k, v)))
-    probes: list[tuple[float, float]] = []
-
-    def f(eta: float) -> float:
-        eta = float(eta)
-        for k, v in seen:
-            if abs(k - eta) <= 1e-9 * max(k, eta):
-                probes.append((eta, v))
-                return v
-        v = check(eta, flip_fraction(eta))
-        seen.append((eta, v))
-        probes.append((eta, v))
-        return v
-
-    hi_idx = next((i for i, eta in enumerate(g) if f(eta) >= CRITICAL_FRACTION), None)
-    if hi_idx is None:                          # above the grid: a decade at a time upwards
-        lo, hi = float(g[-1]), None
-        for k in range(1, extend + 1):
-            if f(float(g[-1]) * 10 ** k) >= CRITICAL_FRACTION:
-                hi = float(g[-1]) * 10 ** k
-                break
-            lo = float(g[-1]) * 10 ** k
-        if hi is None:
-            return CriticalLR(eta_c=None, bracket=None, probes=tuple(probes), converged=False)
-    elif hi_idx == 0:                           # below the grid: a decade at a time downwards
-        lo, hi = None, float(g[0])
-        for k in range(1, extend + 1):
-            if f(float(g[0]) / 10 ** k) < CRITICAL_FRACTION:
-                lo = float(g[0]) / 10 ** k
-                break
-            hi = float(g[0]) / 10 ** k
-        if lo is None:
-            return CriticalLR(eta_c=hi, bracket=None, probes=tuple(probes), converged=False)
-    else:
-        lo, hi = float(g[hi_idx - 1]), float(g[hi_idx])
-    converged = True
-    while hi / lo - 1.0 > rtol:
-        mid = math.sqrt(lo) * math.sqrt(hi)
-        if not (lo < mid < hi):          # floating-point exhaustion (rtol far below eps)
-            converged = False
-            break
-        if f(mid) >= CRITICAL_FRACTION:
-            hi = mid
-        else:
-            lo = mid
-    return CriticalLR(eta_c=hi, bracket=(lo, hi), probes=tuple(probes), converged=converged)
+    if not brackets:
+        raise ValueError("η_c needs at least one usable context")
+    k = kth_smallest(len(brackets))
+    lo = sorted(b[0] for b in brackets)[k - 1]
+    hi = sorted(b[1] for b in brackets)[k - 1]
+    if math.isinf(hi):
+        return CriticalLR(None, (lo, hi), False)
+    return CriticalLR(hi, (lo, hi), lo > 0 and hi / lo - 1.0 <= rtol * (1 + 1e-9))
 
 
 # --------------------------------------------------------------------------------------------
-# Blind predictor
+# Blind predictor (SPEC §5, A3)
 # --------------------------------------------------------------------------------------------
 
 class LeakageError(RuntimeError):
@@ -427,101 +415,66 @@ class LeakageError(RuntimeError):
 
 @dataclass(frozen=True)
 class BlindQ:
-    """Per-model blind statistic ``q`` (SPEC §5).
+    """Per-model blind statistic (SPEC §5 A3).
 
     Attributes
     ----------
     q : float or None
-        ``median over contexts with r > 0 of (−Δz_0) / (T · r)``; ``None`` if no context has
-        ``r > 0``.
-    used : tuple of str
-        Contexts with ``r > 0`` (in input order).
+        Median over the contexts with ``r > 0`` of ``q_i = −Φ_0 / (T · r)``; None if none.
+    per_context : dict of str to float
+        ``q_i`` of every context used.
     excluded : tuple of str
         Contexts with ``r ≤ 0`` (reported and excluded).
     """
 
     q: float | None
-    used: tuple[str, ...]
+    per_context: dict
     excluded: tuple[str, ...]
 
+    @property
+    def used(self) -> tuple[str, ...]:
+        return tuple(self.per_context)
 
-def blind_q(dz0: Mapping[str, float], r: Mapping[str, float], steps: int) -> BlindQ:
-    """Compute one model's ``q`` from per-context ``Δz_0`` and ``r`` (SPEC §5).
 
-    Parameters
-    ----------
-    dz0 : mapping of str to float
-        Per context, ``Δz_0 = z_g − z_c`` at step 0.
-    r : mapping of str to float
-        Per context, ``r = ∇_θΔz · sign(−∇_θL)`` at step 0; same contexts as ``dz0``.
-    steps : int
-        The protocol's ``T`` (positive).
+def blind_q(phi0: Mapping[str, float], r: Mapping[str, float], steps: int) -> BlindQ:
+    """One model's ``q`` from per-context ``Φ_0`` and ``r`` (SPEC §5 A3).
 
-    Returns
-    -------
-    BlindQ
+    ``Φ_0 < 0`` by orientation (SPEC §3), so every ``q_i`` of a context with ``r > 0`` is a
+    positive learning rate; a ``Φ_0 ≥ 0`` is an orientation error, raised.
     """
-    if set(dz0) != set(r):
-        raise ValueError(f"dz0 and r cover different contexts: "
-                         f"{sorted(set(dz0) ^ set(r))}")
+    if set(phi0) != set(r):
+        raise ValueError(f"phi0 and r cover different contexts: {sorted(set(phi0) ^ set(r))}")
     if isinstance(steps, bool) or int(steps) != steps or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    used, excluded, vals = [], [], []
-    for ctx in dz0:
-        d, rc = float(dz0[ctx]), float(r[ctx])
-        if not (math.isfinite(d) and math.isfinite(rc)):
-            raise ValueError(f"non-finite Δz_0 or r for context {ctx!r}")
+    per_context, excluded = {}, []
+    for ctx in phi0:
+        p, rc = float(phi0[ctx]), float(r[ctx])
+        if not (math.isfinite(p) and math.isfinite(rc)):
+            raise ValueError(f"non-finite Φ_0 or r for context {ctx!r}")
+        if p >= 0:
+            raise ValueError(f"Φ_0 = {p!r} ≥ 0 for context {ctx!r}: oriented contexts start at Φ_0 < 0")
         if rc > 0:
-            used.append(ctx)
-            vals.append(-d / (steps * rc))
+            per_context[ctx] = -p / (steps * rc)
         else:
             excluded.append(ctx)
-    q = float(np.median(vals)) if vals else None
-    return BlindQ(q=q, used=tuple(used), excluded=tuple(excluded))
+    q = float(np.median(list(per_context.values()))) if per_context else None
+    return BlindQ(q=q, per_context=per_context, excluded=tuple(excluded))
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Leave-one-out blind prediction for one model (SPEC §5, claim C13).
-
-    Attributes
-    ----------
-    model : str
-    q : float
-        The model's blind statistic.
-    k : float
-        Geometric mean of ``η_c / q`` over the other models.
-    eta_hat : float
-        ``k · q``, fixed before ``eta_c`` was read.
-    eta_c : float
-        The measured critical LR.
-    rel_error : float
-        ``|η̂_c − η_c| / η_c``.
-    """
+    """Leave-one-out blind prediction for one model (SPEC §5, claim C13)."""
 
     model: str
     q: float
-    k: float
-    eta_hat: float
+    k: float          # geometric mean of η_c / q over the other models
+    eta_hat: float    # k · q, fixed before eta_c was read
     eta_c: float
-    rel_error: float
+    rel_error: float  # |η̂_c − η_c| / η_c
 
 
 def guard_held_out(eta_c: Callable[[str], float], model: str) -> Callable[[str], float]:
-    """Wrap ``eta_c`` so that asking for ``model`` raises :class:`LeakageError`.
-
-    Parameters
-    ----------
-    eta_c : callable
-        ``model name -> η_c``.
-    model : str
-        The held-out model.
-
-    Returns
-    -------
-    callable
-        Same as ``eta_c`` for every other model.
-    """
+    """Wrap ``eta_c`` so that asking for ``model`` raises :class:`LeakageError`."""
     def guarded(m: str) -> float:
         if m == model:
             raise LeakageError(f"η_c of held-out model {model!r} read before its prediction")
@@ -529,58 +482,28 @@ def guard_held_out(eta_c: Callable[[str], float], model: str) -> Callable[[str],
     return guarded
 
 
-def _usable_q(q: Mapping[str, float | None]) -> dict[str, float]:
-    out = {}
-    for m, v in q.items():
-        if v is None:
-            continue
-        v = float(v)
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"q of model {m!r} must be positive and finite, got {v!r}")
-        out[m] = v
-    return out
-
-
-def _eta_c_value(m: str, v) -> float:
+def _positive(what: str, m: str, v) -> float:
     if v is None:
-        raise ValueError(f"η_c of model {m!r} is None (not located); exclude the model")
+        raise ValueError(f"{what} of model {m!r} is None; exclude the model")
     v = float(v)
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"η_c of model {m!r} must be positive and finite, got {v!r}")
+        raise ValueError(f"{what} of model {m!r} must be positive and finite, got {v!r}")
     return v
 
 
-def blind_k(others: Sequence[str], q: Mapping[str, float], eta_c: Callable[[str], float]) -> float:
-    """The blind predictor's ``k``: geometric mean of ``η_c / q`` over ``others`` (SPEC §5).
+def _usable_q(q: Mapping[str, float | None]) -> dict[str, float]:
+    return {m: _positive("q", m, v) for m, v in q.items() if v is not None}
 
-    Reads ``eta_c`` for each of ``others`` only; ``q`` must hold them.
-    """
-    logs = [math.log(_eta_c_value(o, eta_c(o)) / q[o]) for o in others]
+
+def blind_k(others: Sequence[str], q: Mapping[str, float], eta_c: Callable[[str], float]) -> float:
+    """The blind predictor's ``k``: geometric mean of ``η_c / q`` over ``others`` (SPEC §5)."""
+    logs = [math.log(_positive("η_c", o, eta_c(o)) / q[o]) for o in others]
     return float(math.exp(math.fsum(logs) / len(logs)))
 
 
 def predict_held_out(model: str, q: Mapping[str, float | None],
                      eta_c: Callable[[str], float]) -> tuple[float, float]:
-    """Blind prediction ``η̂_c = k · q`` for ``model`` with ``k`` from the others (SPEC §5).
-
-    ``k`` is the geometric mean of ``η_c / q`` over the other models with ``q`` not None.
-    ``eta_c`` is called only through :func:`guard_held_out`, so a read of ``model`` raises
-    :class:`LeakageError` instead of leaking.
-
-    Parameters
-    ----------
-    model : str
-        The held-out model (its ``q`` must be positive and finite).
-    q : mapping of str to float or None
-        Per-model blind statistic (models with ``None`` are ignored).
-    eta_c : callable
-        ``model name -> η_c`` (positive, finite) for the other models.
-
-    Returns
-    -------
-    tuple of float
-        ``(k, η̂_c)``.
-    """
+    """``(k, η̂_c = k · q)`` for ``model`` with ``k`` from the others, read through a guard."""
     qs = _usable_q(q)
     if model not in qs:
         raise ValueError(f"held-out model {model!r} has no usable q")
@@ -591,30 +514,11 @@ def predict_held_out(model: str, q: Mapping[str, float | None],
     return k, k * qs[model]
 
 
-def leave_one_out(q: Mapping[str, float | None],
-                  eta_c: Callable[[str], float]) -> list[Prediction]:
-    """Leave-one-out blind prediction over all models with a ``q`` (SPEC §5, claim C13).
+def leave_one_out(q: Mapping[str, float | None], eta_c: Callable[[str], float]) -> list[Prediction]:
+    """Leave-one-out blind prediction over all models with a ``q`` (SPEC §5, C13).
 
-    For each model in the order of ``q`` (models with ``q`` None are skipped), the prediction
-    is made first by :func:`predict_held_out` (which cannot read the model's ``η_c``); only
-    then is ``eta_c(model)`` read for the relative error. ``eta_c`` is cached: each model's
-    ``η_c`` is computed at most once over the whole loop.
-
-    Parameters
-    ----------
-    q : mapping of str to float or None
-        Per-model blind statistic.
-    eta_c : callable
-        ``model name -> η_c`` (may be expensive, e.g. a bisection).
-
-    Returns
-    -------
-    list of Prediction
-
-    Raises
-    ------
-    ValueError
-        Fewer than 2 models with ``q`` not None, or an invalid ``q`` / ``η_c``.
+    Each prediction is fixed by :func:`predict_held_out` before the model's own ``η_c`` is
+    read; ``eta_c`` is called at most once per model.
     """
     qs = _usable_q(q)
     if len(qs) < 2:
@@ -623,13 +527,32 @@ def leave_one_out(q: Mapping[str, float | None],
 
     def cached(m: str) -> float:
         if m not in cache:
-            cache[m] = _eta_c_value(m, eta_c(m))
+            cache[m] = _positive("η_c", m, eta_c(m))
         return cache[m]
 
     out = []
     for m in qs:
-        k, eta_hat = predict_held_out(m, qs, cached)   # guard sits outside the cache
+        k, eta_hat = predict_held_out(m, qs, cached)   # the guard sits outside the cache
         ec = cached(m)
-        out.append(Prediction(model=m, q=qs[m], k=k, eta_hat=eta_hat, eta_c=ec,
-                              rel_error=abs(eta_hat - ec) / ec))
+        out.append(Prediction(model=m, q=qs[m], k=k, eta_hat=eta_hat, eta_c=ec, rel_error=abs(eta_hat - ec) / ec))
     return out
+
+
+@dataclass(frozen=True)
+class ContextCheck:
+    """The blind predictor context by context (SPEC §5 A3): ``|ln(η̂_i / η_i)|`` with ``η̂_i = k q_i``."""
+
+    median: float
+    p90: float
+    n: int
+    log_ratio: dict      # context → ln(η̂_i / η_i)
+
+
+def per_context_check(k: float, q_i: Mapping[str, float], eta_i: Mapping[str, float]) -> ContextCheck | None:
+    """Median and 90th percentile of ``|ln(k q_i / η_i)|`` over contexts with both (None if none)."""
+    common = [c for c in q_i if eta_i.get(c) is not None and math.isfinite(eta_i[c])]
+    if not common:
+        return None
+    logs = {c: math.log(k * q_i[c] / eta_i[c]) for c in common}
+    a = np.abs(list(logs.values()))
+    return ContextCheck(float(np.median(a)), float(np.percentile(a, 90)), len(a), logs)

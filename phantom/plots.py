@@ -153,50 +153,69 @@ def claims_figures(model: str, reference: list[Trajectory], lora_reference: list
     }
 
 
-def plot_saturation(model: str, responses: dict, fits: dict, path: str | os.PathLike) -> Path:
-    """Measured ``R(η) = Φ_T − Φ_0`` and its fitted saturation curve per context (SPEC §5).
+def plot_saturation(model: str, saturations: dict, path: str | os.PathLike) -> Path:
+    """Per context, measured ``R(η) = Φ_T − Φ_0``, its fit and ``η_sat`` (SPEC §5 A1).
 
-    ``responses`` maps a context to its ``(etas, R)`` points, ``fits`` a context to its
-    :class:`phantom.laws.SaturationFit` (only fitted contexts are drawn).
+    ``saturations`` maps a context to its :class:`phantom.search.Saturation`. Each panel
+    shades the LRs measured; a bracketed ``η_sat`` is a solid line, a bound an arrow from
+    the measured LR it was bounded by, pointing where it lies.
     """
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    fitted = {c: s for c, s in saturations.items() if s.fit is not None}
+    cols = 5
+    rows = max(1, -(-len(fitted) // cols))
+    fig = Figure(figsize=(3.0 * cols, 2.4 * rows + 0.6), dpi=DPI)
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for i, (context, fit) in enumerate(fits.items()):
-        etas, resp = responses[context]
-        ax.plot(etas, resp, "o", color=f"C{i % 10}", ms=4)
-        grid = np.geomspace(min(etas), max(etas), 100)
-        ax.plot(grid, fit.r_inf * (1 - np.exp(-grid / fit.eta_sat)), color=f"C{i % 10}", lw=1,
-                label=f"{context} η_sat={fit.eta_sat:.2g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate η (full FT)")
-    ax.set_ylabel("R(η) = Φ_T − Φ_0")
-    ax.set_title(f"{model}: saturation fits", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, squeeze=False)).ravel()
+    for ax, (context, sat) in zip(axes, fitted.items()):
+        etas, fit, est = np.asarray(sat.etas), sat.fit, sat.estimate
+        grid = np.geomspace(etas.min() / 3, etas.max() * 3, 200)
+        ax.axvspan(etas.min(), etas.max(), color="0.93", lw=0)
+        ax.plot(grid, fit.r_inf * -np.expm1(-grid / fit.eta_sat), color="C0", lw=1.2)
+        ax.plot(etas, sat.responses, "o", color="C1", ms=3.5, zorder=3)
+        if est.value is not None:
+            ax.axvline(est.value, color="C2", lw=1.2)
+            text = f"η_sat = {est.value:.2g}"
+        else:
+            edge = est.hi if est.lo == 0.0 else est.lo
+            ax.annotate("", xy=(edge / 4 if est.lo == 0.0 else edge * 4, 0.5), xytext=(edge, 0.5),
+                        xycoords=("data", "axes fraction"), arrowprops={"arrowstyle": "->", "color": "C3", "lw": 1.5})
+            text = est.text("η_sat", ".2g") + " (bound)"
+        ax.set_title(f"{context}: {text}\nrms/R∞ {fit.rel_residual:.1%}", fontsize=8)
+        ax.set_xscale("log")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(fitted):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{model}: saturation R(η) = Φ_T − Φ_0 per context (grey: LRs measured; dots: runs; "
+                 "line: fit)", fontsize=10)
+    fig.supxlabel("learning rate η (full FT)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def plot_prediction(rows, path: str | os.PathLike) -> Path:
-    """Blind prediction ``η̂_c`` against the measured ``η_c`` (leave-one-out, SPEC §5)."""
-    fig = Figure(figsize=(4.5, 4.5), dpi=DPI)
+def plot_context_prediction(points: dict, eta_c: dict, path: str | os.PathLike) -> Path:
+    """Blind per-context prediction ``η̂_i = k q_i`` against the measured ``η_i`` (SPEC §5 A3).
+
+    ``points`` maps a model to ``[(context, η_i, η̂_i)]`` with ``k`` from the other models;
+    ``eta_c`` a model to its measured η_c (a dotted vertical line).
+    """
+    fig = Figure(figsize=(5.5, 5.0), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    pts = [(r.eta_c, r.eta_hat, r.model) for r in rows if r.eta_c and r.eta_hat]
-    for x, y, name in pts:
-        ax.plot(x, y, "o")
-        ax.annotate(name, (x, y), fontsize=7)
-    if pts:
-        lo = min(min(x, y) for x, y, _ in pts) / 2
-        hi = max(max(x, y) for x, y, _ in pts) * 2
-        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8, ls="--", label="η̂_c = η_c")
+    every = [v for pts in points.values() for _, x, y in pts for v in (x, y)]
+    for i, (model, pts) in enumerate(points.items()):
+        ax.plot([x for _, x, _ in pts], [y for _, _, y in pts], "o", color=f"C{i}", ms=5, label=model)
+        if eta_c.get(model):
+            ax.axvline(eta_c[model], color=f"C{i}", lw=1, ls=":")
+    if every:
+        lo, hi = min(every) / 2, max(every) * 2
+        ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", label="η̂_i = η_i")
         ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("measured η_c")
-    ax.set_ylabel("blind prediction η̂_c")
-    ax.set_title("critical learning rate, leave-one-out", fontsize=10)
+    ax.set_xlabel("measured η_i (dotted: the model's η_c)")
+    ax.set_ylabel("blind prediction η̂_i = k q_i (k from the other models)")
+    ax.set_title("critical LR per context, leave-one-out", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -10,7 +10,9 @@ controller, before any worker starts. A test function asks for what it needs:
 - ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model, in
   :func:`phantom.campaign.schedule`'s order (heavy full-FT runs first, then costliest first),
   so that pytest-xdist spreads the fine-tuning over the workers.
-- ``bisected_model`` — the models whose plan has the critical-LR bisection.
+- ``searched_context`` — ``(model, context)`` of every usable context of a model whose plan
+  has a saturation grid or a critical-LR search: its adaptive runs (A1, A2) are made there.
+- ``searched_model`` — the models whose plan has the critical-LR search.
 - ``session_model`` — every model of the session.
 - ``claims`` — the :class:`ClaimsSession` (campaigns and run store of this process).
 - ``judge`` — records a verdict and makes it the test's outcome: reproduced passes, not
@@ -74,6 +76,8 @@ def pytest_addoption(parser):
                     help="where to write the verdict table (default: CLAIMS.md in the rootdir)")
     group.addoption("--verdicts", default=None, help="where to write the machine-readable verdicts, which "
                     "CI compares (default: verdicts.json in the rootdir)")
+    group.addoption("--baseline", default=None, help="verdicts.json from before the SPEC §8 amendments, whose "
+                    "replaced verdicts CLAIMS.md lists (default: docs/verdicts[-full]-pre-amendments.json)")
     group.addoption("--expected", default=None, help="TOML list of (claim, model) pairs expected not to "
                     f"reproduce (default: {EXPECTED} in the rootdir)")
 
@@ -160,8 +164,12 @@ class ClaimsSession:
         if "planned_run" in metafunc.fixturenames:
             metafunc.parametrize("planned_run", [pytest.param(r, id="{}-{}-{:g}-{}".format(*r))
                                                  for r in cmp.schedule(self.zoo())])
-        if "bisected_model" in metafunc.fixturenames:
-            metafunc.parametrize("bisected_model", [m for m in self.models if self.campaign(m).plan.eta_c])
+        if "searched_context" in metafunc.fixturenames:
+            metafunc.parametrize("searched_context", [
+                pytest.param((m, c), id=f"{m}-{c}") for m in self.models
+                if self.campaign(m).plan.saturation or self.campaign(m).plan.eta_c for c in self.campaign(m).usable])
+        if "searched_model" in metafunc.fixturenames:
+            metafunc.parametrize("searched_model", [m for m in self.models if self.campaign(m).plan.eta_c])
         if "session_model" in metafunc.fixturenames:
             metafunc.parametrize("session_model", self.models)
 
@@ -203,6 +211,16 @@ class ClaimsSession:
 
     # --- writing -------------------------------------------------------------------------
 
+    def baseline(self) -> dict:
+        """``{"claim model": [status, value]}`` before the SPEC §8 amendments ({} without the file)."""
+        name = "verdicts-full-pre-amendments.json" if self.budget == "full" else "verdicts-pre-amendments.json"
+        path = _path(self.config, "--baseline", Path("docs") / name)
+        try:
+            old, _ = report.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {f"{v.claim} {v.model}": [v.status, v.value] for v in old}
+
     def missing(self) -> list[str]:
         """The (claim, model) pairs without a verdict."""
         have = {(v.claim, v.model) for v in self.verdicts}
@@ -232,16 +250,16 @@ class ClaimsSession:
 
     def session_facts(self, figures_dir: Path, relative_to: Path) -> report.Session:
         first = self.models[0]
-        figures = draw_figures(self.campaign(first), figures_dir)
+        figures = {**draw_figures(self.campaign(first), figures_dir), **draw_law_figures(self.zoo(), figures_dir)}
         return report.Session(
             zoo="custom" if self.config.getoption("--models") else self.config.getoption("--zoo"),
             budget=self.budget, models={m: runs.weights_sha256(m) for m in self.models},
             versions=runs.versions(), wall_s=time.time() - self.start,
             computed=len(self.keys["computed"]), requested=len(self.keys["requested"]),
             reductions={m: self.campaign(m).plan.reductions for m in self.models},
-            bisections={m: bisection_report(self.campaign(m)) for m in self.models if self.campaign(m).plan.eta_c},
+            bisections={m: search_report(self.campaign(m)) for m in self.models if self.campaign(m).plan.eta_c},
             figures={k: os.path.relpath(v, relative_to) if v else v for k, v in figures.items()},
-            history=report.session_log(default_root().parent),
+            history=report.session_log(default_root().parent), baseline=self.baseline(),
             workers=f"-n {self.config.option.numprocesses}" if getattr(self.config.option, "numprocesses", None)
             else "no xdist")
 
@@ -252,11 +270,11 @@ def _read_only(campaign: cmp.Campaign) -> cmp.Campaign:
                         device=campaign.device)
 
 
-def bisection_report(campaign: cmp.Campaign) -> str:
-    """The η_c bisection's cost line from the store (nothing is computed for the header)."""
+def search_report(campaign: cmp.Campaign) -> str:
+    """The adaptive runs' cost line from the store (nothing is computed for the header)."""
     stored = _read_only(campaign)
     try:
-        return cmp.bisection_report(stored)
+        return cmp.search_report(stored)
     except NotStored as err:
         return f"not in the store ({err})"
 
@@ -272,6 +290,28 @@ def draw_figures(campaign: cmp.Campaign, outdir: Path) -> dict[str, str]:
     if not reference:
         return {}
     return {k: str(v) for k, v in plots.claims_figures(campaign.model, reference, lora, outdir).items()}
+
+
+def draw_law_figures(zoo: list[cmp.Campaign], outdir: Path) -> dict[str, str]:
+    """The laws' figures from the store: saturation curves per model (A1), η̂_i against η_i (A3)."""
+    from . import plots
+    stored = [_read_only(c) for c in zoo]
+    out = {}
+    try:
+        for c in stored:
+            if c.plan.saturation:
+                out[f"{c.model}: saturation R(η) per context, fit, measured LRs and η_sat (bracketed or bound)"] = str(
+                    plots.plot_saturation(c.model, cmp.saturations(c),
+                                          outdir / f"saturation_{c.model.replace('/', '_')}.png"))
+        searched = [c for c in stored if c.plan.eta_c]
+        if len(searched) >= 2:
+            points = cmp.context_points(searched)
+            eta_c = {c.model: cmp.critical_lr_of(c).eta_c for c in searched}
+            out["blind prediction per context: η̂_i = k q_i against the measured η_i (log-log)"] = str(
+                plots.plot_context_prediction(points, eta_c, outdir / "critical_lr_contexts.png"))
+    except NotStored as err:
+        out[f"law figures not drawn: {err}"] = ""
+    return out
 
 
 class NotReproduced(AssertionError):

@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import laws, search
 from .claims import CLAIMS, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Verdict
+from .dynamics import SATURATION_EPS
 from .files import exclusive_lock, write_atomic
+from .protocol import BOOTSTRAP_B, BOOTSTRAP_SEED, FRAGILE_BELOW, PERMUTATION_EXACT_MAX, PERMUTATIONS
 
 MARK = {REPRODUCED: "✅ reproduced", NOT_REPRODUCED: "❌ not reproduced", NOT_TESTABLE: "⏭ not testable"}
 FORMAT = 1   # of verdicts.json
@@ -39,6 +42,7 @@ class Session:
     bisections: dict[str, str] = field(default_factory=dict)            # model → its η_c bisection's cost
     figures: dict[str, str] = field(default_factory=dict)               # caption → relative path
     history: Sequence[dict] = ()    # earlier sessions of this budget and zoo on this machine
+    baseline: dict = field(default_factory=dict)   # "claim model" → [status, value] before SPEC §8
     workers: str = "no xdist"       # how the session ran, e.g. "-n auto"
     date: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC)
                       .strftime("%Y-%m-%d %H:%M UTC"))
@@ -91,11 +95,11 @@ def _header(s: Session) -> list[str]:
     lines += [f"  - `{m}`: `{h}`" for m, h in s.models.items()]
     reduced = {m: r for m, r in s.reductions.items() if r}
     lines.append("- **early stops** (cost only, recorded per run as `stopped_at`): a run ends once both the "
-                 "Born and the rank flip have happened and p_g ≥ 1 − 1e-4 (Φ within ≈3e-4 of its ceiling); "
-                 "critical-LR probes end at their Born flip")
+                 f"Born and the rank flip have happened and p_g ≥ 1 − {SATURATION_EPS:g} (Φ within ≈3e-4 of "
+                 "its ceiling)")
     if s.bisections:
-        lines.append("- **critical-LR bisections** (SPEC §5; an outcome implied by per-context monotonicity "
-                     "in η is not run, and the check of that monotonicity is reported):")
+        lines.append("- **adaptive runs** (SPEC §5 A1–A2: saturation grids extended to a bracket, per-context "
+                     "critical LRs η_i to 5%, η_c to 1%; per-context monotonicity in η checked on every run read):")
         lines += [f"  - `{m}`: {text}" for m, text in s.bisections.items()]
     lines.append("- **protocol reductions** (SPEC §4 otherwise):" + ("" if reduced else " none"))
     for m, rs in reduced.items():
@@ -108,9 +112,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _interval(name: str, iv) -> str:
+    lo, hi = iv
+    fmt = (lambda x: f"{x:.0f}") if float(lo).is_integer() and float(hi).is_integer() else (lambda x: f"{x:.3g}")
+    return f"{name} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _uncertainty(v: Verdict) -> str:
+    """Stability and intervals of a verdict (SPEC §6 A6), for its table cell."""
+    if v.stability is None:
+        return ""
+    text = f"; stability {v.stability:.2f}" + (" **fragile**" if v.fragile else "")
+    if v.intervals:
+        text += "; 95% CI: " + ", ".join(_interval(k, iv) for k, iv in v.intervals.items())
+    return text
+
+
 def _row(claim, verdicts: Sequence[Verdict]) -> str:
-    measured = "<br>".join(f"`{v.model}`: {_cell(v.value)} (n={v.n})" for v in verdicts) or "—"
-    status = "<br>".join(f"`{v.model}`: {MARK[v.status]}" for v in verdicts) or "not run"
+    measured = "<br>".join(f"`{v.model}`: {_cell(v.value)} (n={v.n}{_uncertainty(v)})" for v in verdicts) or "—"
+    check = " (consistency check)" if claim.consistency else ""
+    status = "<br>".join(f"`{v.model}`: {MARK[v.status]}{check}" + (" ⚠ fragile" if v.fragile else "")
+                         for v in verdicts) or "not run"
     return f"| {claim.id} | {claim.name}: {_cell(claim.statement)} | {_cell(claim.paper)} | {measured} | {status} |"
 
 
@@ -124,6 +146,60 @@ def _c5_note(by_claim: dict[str, list[Verdict]]) -> list[str]:
             f"jump smooth (C5b). Measured here, C5 reproduces on {where('C5')} and C5b on {where('C5b')}."]
 
 
+# SPEC §8: each amendment and the claims whose verdict or value it can move.
+AMENDMENTS = (
+    ("A1", "§5 saturation: a fit must be bracketed by measured LRs, grids extend until it is, else a bound",
+     ("C9", "C12")),
+    ("A2", "§5 critical LR: per-context η_i (5%), η_c the ⌈n/2⌉-th smallest (1%)", ("C13",)),
+    ("A3", "§5 blind predictor: r and q_i from Φ instead of Δz", ("C13",)),
+    ("A4", "§6: C3′ and C6′ at η_H = 10 η_sat", ("C3′", "C6′")),
+    ("A5", "§6: C2 and C4 shown as consistency checks", ("C2", "C4")),
+    ("A6", "§6: bootstrap stability, 95% intervals, permutation p-values, this disclosure", ()),
+)
+
+CONSTANTS = (
+    f"saturation fit: η_sat searched over [min η / {laws.SAT_SPAN:g}, max η · {laws.SAT_SPAN:g}] of the LRs fitted "
+    "(coarse log grid, then scipy's bounded scalar minimiser)",
+    "an unbracketed context's bound is the smallest measured LR above its fit (below: fewer than two LRs "
+    "under η_sat) or the largest below it (above); the SPEC says \"the extreme LR measured\", which is the same "
+    "LR whenever the fit lies beyond every measured LR",
+    "C9 on bounds: every CV the bounds on H_FT allow, its maximum over the box's vertices, its minimum by "
+    "scipy.optimize; an unbounded side stands at 10⁹ × the largest finite end",
+    f"η_i search: up to {search.EXTEND_DECADES} decades beyond the LRs measured for the context; probes run under "
+    "the plan's early stop; each step straddles the zero of Φ_T(η) interpolated linearly in ln η between the "
+    "bracket's ends, and bisects when a straddle did not halve the bracket",
+    "η_c's contexts refined to 1% (then 0.5%, … while two contexts' brackets interleave between the ⌈n/2⌉-th ends)",
+    "η_H = 10 η_sat(model) rounded to 3 significant digits (a run's LR is part of its store key)",
+    f"bootstrap: B = {BOOTSTRAP_B} resamples of the contexts, seed {BOOTSTRAP_SEED}; fragile below "
+    f"{FRAGILE_BELOW:g}; intervals: 2.5th–97.5th percentiles; a resample's not-testable verdict counts as a "
+    "different verdict",
+    f"permutation p-values: two-sided, exact (all n! orderings) for n ≤ {PERMUTATION_EXACT_MAX}, else "
+    f"{PERMUTATIONS:,} random orderings (seed 0), scipy.stats.permutation_test",
+    "C12 with an H_FT known only as a bound: the models enter by their rank in H when the bounds fix it",
+    f"early stop: a run ends once both flips have happened and p_g ≥ 1 − {SATURATION_EPS:g}",
+)
+
+
+def _deviations(by_claim: dict[str, list[Verdict]], baseline: dict) -> list[str]:
+    """CLAIMS.md's disclosure (SPEC §6 A6): the implementation's constants, and A1–A6 with what they moved."""
+    lines = ["", "## Deviations and amendments", "",
+             "Constants this implementation adds (the SPEC does not fix them):", ""]
+    lines += [f"- {c}" for c in CONSTANTS]
+    lines += ["", "Amendments of SPEC §8 (2026-12-06, made before any measurement under them), with every "
+              "verdict they replaced:", ""]
+    for aid, change, affected in AMENDMENTS:
+        moved = []
+        for cid in affected:
+            for v in by_claim.get(cid, []):
+                old = baseline.get(f"{v.claim} {v.model}")
+                if old is None:
+                    moved.append(f"{v.claim} `{v.model}`: new → {v.status}")
+                elif old[0] != v.status:
+                    moved.append(f"{v.claim} `{v.model}`: {old[0]} ({_cell(old[1])}) → {v.status} ({_cell(v.value)})")
+        lines.append(f"- **{aid}** {change}: " + ("; ".join(moved) if moved else "no verdict changed"))
+    return lines
+
+
 def render(verdicts: Sequence[Verdict], session: Session) -> str:
     """The whole CLAIMS.md text."""
     by_claim: dict[str, list[Verdict]] = {}
@@ -133,6 +209,7 @@ def render(verdicts: Sequence[Verdict], session: Session) -> str:
     lines = _header(session) + ["", "| id | claim | paper | measured | verdict |", "|---|---|---|---|---|"]
     lines += [_row(c, by_claim.get(c.id, [])) for c in CLAIMS]
     lines += _c5_note(by_claim)
+    lines += _deviations(by_claim, session.baseline)
     if session.figures:
         lines += ["", "## Figures", ""] + [f"- [{cap}]({path})" for cap, path in session.figures.items()]
     return "\n".join(lines) + "\n"

@@ -1,26 +1,48 @@
 """The claim suite (SPEC §6): one parametrised test per (claim × model), after the runs they read.
 
-Items run in this order so that pytest-xdist spreads the costly work first: the critical-LR
-bisections (C13's slowest part), each model's bulk and blind statistics (C10–C13), then every
-planned run (costliest first), then the claims, which read the same entries back from the store.
+Items run in this order so that pytest-xdist spreads the costly work first: each context's
+adaptive full-FT runs (its saturation bracket and critical LR, SPEC §5 A1–A2), each model's η_c
+to 1%, the runs at the operating point (A4), each model's bulk and blind statistics (C10–C13),
+then every planned run (costliest first), then the claims, which read the same entries back.
 Parametrisation, expected failures and CLAIMS.md come from :mod:`phantom.pytest_plugin`.
 """
 import math
 
 import numpy as np
 
-from phantom.campaign import blind_statistic, bulk, critical_lr_of
-from phantom.protocol import CRITICAL_RTOL
+from phantom import search
+from phantom.campaign import blind_statistic, bulk, critical_lr_of, operating_lr
+from phantom.protocol import CONTEXT_RTOL, CRITICAL_RTOL
 from phantom.trajectory import SERIES
 
 
-def test_critical_lr(bisected_model, claims):
-    """The η_c bisection of one model, computed into the store (SPEC §5)."""
-    result = critical_lr_of(claims.campaign(bisected_model))
-    assert all(0.0 <= f <= 1.0 for _, f in result.probes)
+def test_context(searched_context, claims):
+    """One context's adaptive runs: its saturation grid extended to a bracket (A1), its η_i to 5% (A2)."""
+    model, context = searched_context
+    camp = claims.campaign(model)
+    if camp.plan.saturation:
+        sat = search.saturation(camp, context)
+        assert sat.estimate is None or sat.estimate.lo <= sat.estimate.hi
+    if camp.plan.eta_c:
+        state = search.context_critical(camp, context)
+        assert state.width() <= CONTEXT_RTOL or state.lo == 0.0 or math.isinf(state.hi) or not state.probes
+
+
+def test_critical_lr(searched_model, claims):
+    """η_c of one model to 1%: the contexts that decide it searched further (SPEC §5 A2)."""
+    result = critical_lr_of(claims.campaign(searched_model))
     if result.converged:
         lo, hi = result.bracket
-        assert hi / lo - 1 <= CRITICAL_RTOL and result.eta_c == hi
+        assert hi / lo - 1 <= CRITICAL_RTOL * (1 + 1e-9) and result.eta_c == hi
+
+
+def test_operating(searched_context, claims):
+    """The context's full-FT run at η_H = 10 η_sat(model) (SPEC §6 A4), when η_sat is bracketed."""
+    model, context = searched_context
+    camp = claims.campaign(model)
+    lr = operating_lr(camp)
+    if lr is not None:
+        assert camp.run("full", lr, context)["phi"][0] < 0
 
 
 def test_statistics(session_model, claims):

@@ -1,0 +1,195 @@
+"""Runs placed by what earlier runs showed: saturation brackets (A1) and critical LRs (A2).
+
+Both searches are deterministic functions of a context's runs, so a search replayed on a
+warm store reads exactly the runs it made the first time and computes nothing; its cost
+(runs and steps it read beyond the plan's grid) does not depend on the store's history.
+
+- :func:`saturation` fits a context's response over the saturation grid and extends the grid
+  by the SPEC's 1–2–5 steps until measured LRs bracket ``η_sat`` (SPEC §5 A1).
+- :func:`context_critical` locates the per-context critical LR ``η_i``, the smallest full-FT
+  LR at which the context Born-flips by ``T``, to a relative precision (SPEC §5 A2). Every
+  run it reads enters a per-context record of outcomes, whose monotonicity in η it checks.
+  The first probe of each step is placed where the response ``Φ_T(η)``, smooth in ``ln η``,
+  crosses zero between the bracket's ends, as a pair that straddles that estimate within
+  the precision; when a pair fails to halve the bracket, the next step bisects it.
+- :func:`critical` gives ``η_c``, the ``⌈n/2⌉``-th smallest ``η_i``, refining to 1% the
+  contexts that decide it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import laws
+from .protocol import CONTEXT_RTOL, CRITICAL_RTOL
+from .trajectory import Trajectory
+
+EXTEND_DECADES = 3    # η_i searched up to three decades beyond the LRs of the plan (not a SPEC value)
+_STRADDLE = 0.999     # a straddling pair spans (1 + rtol) · 0.999², safely inside the precision
+
+Prefetch = Callable[[list[tuple[str, float, str, str]]], None]
+"""Computes the store entries of runs ``(mode, lr, context, stop)`` before they are read, e.g. in parallel."""
+
+
+def born_flipped(run: Trajectory) -> bool:
+    """Born flip by ``T`` (SPEC §5): some recorded ``Φ_t > 0`` in a run that did not diverge."""
+    return run.diverged_at is None and bool((run["phi"] > 0).any())
+
+
+def response(run: Trajectory) -> float | None:
+    """``R = Φ_T − Φ_0`` of a completed run (a saturated stop's last Φ is within ~3e-4 of Φ_T)."""
+    return None if run.diverged_at is not None else float(run["phi"][-1] - run["phi"][0])
+
+
+# --- A1: saturation ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Saturation:
+    """One context's saturation fit on its measured LRs (SPEC §5 A1)."""
+
+    context: str
+    etas: tuple[float, ...]          # LRs of completed runs, ascending
+    responses: tuple[float, ...]
+    fit: laws.SaturationFit | None   # None with fewer than 3 completed runs
+    estimate: laws.Estimate | None   # η_sat: a number when bracketed, else a bound
+    added: tuple[float, ...]         # LRs the extension added to the plan's grid
+
+
+def saturation(campaign, context: str, prefetch: Prefetch | None = None) -> Saturation:
+    """Fit the context's responses, extending its grid until ``η_sat`` is bracketed (SPEC §5 A1)."""
+    tried = list(campaign.plan.saturation)
+    while True:
+        if prefetch is not None:
+            prefetch([("full", lr, context, campaign.plan.stop) for lr in tried])
+        done = {lr: r for lr in sorted(tried) if (r := response(campaign.run("full", lr, context))) is not None}
+        etas, resp = tuple(done), tuple(done.values())
+        if len(etas) < 3:
+            return Saturation(context, etas, resp, None, None, tuple(tried[len(campaign.plan.saturation):]))
+        fit = laws.fit_saturation(etas, resp)
+        nxt = laws.next_saturation_lr(etas, fit, tried)
+        if nxt is None:
+            return Saturation(context, etas, resp, fit, laws.saturation_estimate(etas, fit),
+                              tuple(tried[len(campaign.plan.saturation):]))
+        tried.append(nxt)
+
+
+# --- A2: per-context critical LRs ------------------------------------------------------------
+
+@dataclass
+class ContextCritical:
+    """The outcomes one context's η_i search has read, and what they bracket (SPEC §5 A2)."""
+
+    context: str
+    seen: dict = field(default_factory=dict)      # lr → (Born-flipped by T, response R or None)
+    probes: list = field(default_factory=list)    # LRs run by the search itself, in order
+    steps: int = 0                                # training steps of those runs
+
+    def add(self, run: Trajectory) -> None:
+        self.seen[run.meta["lr"]] = (born_flipped(run), response(run))
+
+    @property
+    def lo(self) -> float:
+        """Largest LR without a flip below :attr:`hi` (0 when every LR read flips)."""
+        return max((lr for lr, (f, _) in self.seen.items() if not f and lr < self.hi), default=0.0)
+
+    @property
+    def hi(self) -> float:
+        """Smallest LR with a flip (inf when none flips)."""
+        return min((lr for lr, (f, _) in self.seen.items() if f), default=math.inf)
+
+    @property
+    def bracket(self) -> tuple[float, float]:
+        return self.lo, self.hi
+
+    def width(self) -> float:
+        lo, hi = self.bracket
+        return hi / lo - 1.0 if lo > 0 and math.isfinite(hi) else math.inf
+
+    def violations(self) -> list[tuple[float, float]]:
+        """``(η_flip, η_miss)`` pairs with a flip at a lower LR than a miss."""
+        return [(up, down) for up, (f, _) in sorted(self.seen.items()) if f
+                for down, (g, _) in sorted(self.seen.items()) if not g and down > up]
+
+    def estimate(self) -> laws.Estimate:
+        """η_i: a number (the bracket's upper end) when bracketed, else the bound searched."""
+        lo, hi = self.bracket
+        return laws.Estimate(lo, hi) if lo == 0.0 or math.isinf(hi) else laws.Estimate.number(hi)
+
+
+def _next_probes(state: ContextCritical, rtol: float, phi0: float, bisect: bool,
+                 grid: tuple[float, float]) -> list[float]:
+    """The LRs of the next step of the search: an extension, a straddling pair or a bisection."""
+    lo, hi = state.bracket
+    if math.isinf(hi):                                     # never flipped: a decade higher
+        top = max(state.seen) * 10
+        return [top] if top <= grid[1] * 10 ** EXTEND_DECADES * (1 + 1e-9) else []
+    if lo == 0.0:                                          # flipped everywhere: a decade lower
+        bottom = min(state.seen) / 10
+        return [bottom] if bottom >= grid[0] / 10 ** EXTEND_DECADES * (1 - 1e-9) else []
+    if not bisect:
+        (_, r_lo), (_, r_hi) = state.seen[lo], state.seen[hi]
+        if r_lo is not None and r_hi is not None and (phi0 + r_lo) < 0 < (phi0 + r_hi):
+            u = math.log(lo) + (math.log(hi) - math.log(lo)) * (-(phi0 + r_lo)) / (r_hi - r_lo)
+            half = 0.5 * math.log1p(rtol) * _STRADDLE
+            pair = [math.exp(u - half), math.exp(u + half)]
+            inside = [x for x in pair if lo * (1 + 1e-9) < x < hi / (1 + 1e-9)]
+            if inside:
+                return inside
+    return [math.sqrt(lo * hi)]
+
+
+def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT_RTOL,),
+                     prefetch: Prefetch | None = None) -> ContextCritical:
+    """Locate the context's critical LR ``η_i`` to each precision of ``rtols`` in turn (SPEC §5 A2).
+
+    Starts from the context's saturation runs (the plan's grid and its A1 extension), then
+    extends a decade at a time (at most :data:`EXTEND_DECADES` beyond the grid) until the
+    context flips at one LR and not at another, then narrows the bracket until
+    ``hi / lo − 1 ≤ rtol``. Probes run under the plan's stop policy, so each records ``Φ_T``
+    for the next placement. A search to ``(0.05, 0.01)`` first walks the exact path of a
+    search to ``(0.05,)``: the runs they share are made once.
+    """
+    state = ContextCritical(context)
+    for lr in sorted(set(campaign.plan.saturation) | set(saturation(campaign, context, prefetch).etas)):
+        state.add(campaign.run("full", lr, context))
+    grid = (min(state.seen), max(state.seen))
+    phi0 = float(campaign.run("full", max(state.seen), context)["phi"][0])
+    for rtol in rtols:
+        bisect = False
+        while state.width() > rtol:
+            before = math.log1p(state.width()) if math.isfinite(state.width()) else math.inf
+            probes = [x for x in _next_probes(state, rtol, phi0, bisect, grid) if x not in state.seen]
+            if not probes:
+                break                                      # the extension is spent: a bound
+            if prefetch is not None:
+                prefetch([("full", x, context, campaign.plan.stop) for x in probes])
+            for x in probes:
+                run = campaign.run("full", x, context)
+                state.add(run)
+                state.probes.append(x)
+                state.steps += len(run["phi"]) - 1
+            after = math.log1p(state.width()) if math.isfinite(state.width()) else math.inf
+            bisect = math.isfinite(before) and after > 0.5 * before
+    return state
+
+
+def critical(campaign, prefetch: Prefetch | None = None) -> tuple[laws.CriticalLR, dict[str, ContextCritical]]:
+    """``η_c`` (1%) and every usable context's ``η_i`` (5%) of a model (SPEC §5 A2).
+
+    Every context is searched to 5%; then, while the ``⌈n/2⌉``-th smallest bracket ends lie
+    more than 1% apart, the contexts whose brackets reach between them are searched further
+    (to 1%, then half of that while two contexts' brackets still interleave).
+    """
+    states = {c: context_critical(campaign, c, prefetch=prefetch) for c in campaign.usable}
+    rtols = (CONTEXT_RTOL,)
+    for _ in range(4):
+        result = laws.critical_from_brackets([s.bracket for s in states.values()])
+        lo, hi = result.bracket
+        if result.converged or lo == 0.0 or math.isinf(hi):
+            return result, states
+        rtols = rtols + (CRITICAL_RTOL if len(rtols) == 1 else rtols[-1] / 2,)
+        for c, s in states.items():
+            if s.lo < hi and s.hi > lo and s.width() > rtols[-1]:
+                states[c] = context_critical(campaign, c, rtols, prefetch)
+    return laws.critical_from_brackets([s.bracket for s in states.values()]), states
