@@ -214,7 +214,8 @@ def test_silent_failure_trend_is_judged_over_steps_with_a_tolerance(tokenizer):
     monitor = PhantomMonitor(tokenizer, TINY_PROBES[:1], every=10)
     kinds = [_fake(monitor, step, loss) for step, loss in zip((0, 10, 20), noisy)]
     assert kinds == [[], [], []]                             # steps 0–20 cover less than the 30-step window
-    with pytest.warns(PhantomFinding, match="silent failure trend: the target's loss fell 6.659 → 2.25 over steps 0–30"):
+    trend = "silent failure trend: the target's loss fell 6.659 → 2.25 over steps 0–30"
+    with pytest.warns(PhantomFinding, match=trend):
         assert _fake(monitor, 30, noisy[3]) == ["silent_failure_trend"]
     assert not transitions.silent_failure(noisy, [0.1] * 4, [0.3] * 4)
     rising = PhantomMonitor(tokenizer, TINY_PROBES[:1], every=10)
@@ -350,3 +351,94 @@ def test_silent_failure_flagged_at_2e6_not_on_a_flipping_run(smol, longing, one_
     flips = _spec_loop(smol, longing, "full", 2e-5, SILENT_AFTER - 1, silent_after=SILENT_AFTER, blind=False)
     kinds = {f["kind"] for f in flips.findings}
     assert "rank_flip" in kinds and "silent_failure" not in kinds
+
+
+# --- transformers.Trainer on a tiny model ----------------------------------------------------
+
+class Recorder:
+    """A stub report_to integration: records what each on_log receives, at which step."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Recorder(TrainerCallback):
+            def __init__(self):
+                self.logs = []
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                self.logs.append((state.global_step, dict(logs)))
+        return _Recorder()
+
+
+def _tiny_trainer(tokenizer, tmp_path, monitor, *, attach: bool, max_steps: int = 12, lr: float = 1e-3,
+                  report_to=("tensorboard",)):
+    from transformers import Trainer, TrainingArguments
+    model = tiny_models.build_model("llama", len(tokenizer))
+    ids = tokenizer("He never found the purpose", return_tensors="pt").input_ids[0]
+    recorder = Recorder()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=1,
+                             learning_rate=lr, logging_steps=5, save_strategy="no", report_to=list(report_to),
+                             use_cpu=True, disable_tqdm=True,
+                             remove_unused_columns=False)
+    callback = PhantomCallback(monitor)
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": ids, "labels": ids.clone()}] * 4,
+                      callbacks=[recorder] if attach else [recorder, callback])
+    if attach:
+        callback.attach(trainer)
+    return trainer, callback, recorder
+
+
+def _tensorboard_scalars(logdir) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    steps: dict[str, list[int]] = {}
+    for events in logdir.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return steps
+
+
+@pytest.mark.parametrize("attach", [True, False])
+def test_trainer_integrations_receive_every_observation_and_finding(tokenizer, tmp_path, attach):
+    """callbacks=[...] and attach alike: step 0, every 5th step and the final step 12 reach TensorBoard's
+    event files and a stub integration, with the first-only values at step 0 and the findings; the
+    Trainer's own logging_steps=5 is untouched and the report is written."""
+    monitor = PhantomMonitor(tokenizer, [Probe("He never found the", "purpose", "meaning", name="purpose")],
+                             every=5, window=3)
+    trainer, callback, recorder = _tiny_trainer(tokenizer, tmp_path, monitor, attach=attach, lr=3e-2)
+    trainer.train()
+    assert [r["step"] for r in monitor.history] == [0, 5, 10, 12]
+    ours = [(step, logs) for step, logs in recorder.logs if any(k.startswith("phantom/") for k in logs)]
+    assert [s for s, _ in ours] == [0, 5, 10, 12]
+    assert {"phantom/purpose/G_gc", "phantom/purpose/B", "phantom/purpose/phi"} <= set(ours[0][1])
+    assert all("phantom/purpose/B" not in logs for _, logs in ours[1:])
+    assert [s for s, logs in recorder.logs if "loss" in logs] == [5, 10]         # logging_steps, not every step
+    found = {f"phantom/purpose/{f['kind']}": f["step"] for f in monitor.findings}
+    assert {"phantom/purpose/born_flip", "phantom/purpose/rank_flip"} <= set(found)
+    assert {k: v for _, logs in ours for k, v in logs.items() if k in found} == found
+    scalars = _tensorboard_scalars(tmp_path)
+    assert sorted(scalars["train/phantom/purpose/phi"]) == [0, 5, 10, 12]
+    assert scalars["train/phantom/purpose/G_gc"] == [0] and "train/phantom/purpose/r" not in scalars   # blind off
+    assert {f"train/{k}" for k in found} <= set(scalars)
+    assert [h["step"] for h in trainer.state.log_history if "phantom/purpose/phi" in h] == [0, 5, 10, 12]
+    assert callback.written == (tmp_path / "phantom.json", tmp_path / "phantom.png")
+    assert trainer.callback_handler.callbacks[0] is callback
+
+
+def test_trainer_stops_on_a_finding_and_never_raises_at_the_end(tokenizer, tmp_path, monkeypatch, caplog):
+    monitor = PhantomMonitor(tokenizer, [("He never found the", "purpose", "meaning")], stop_on={"born_flip"})
+    trainer, callback, _ = _tiny_trainer(tokenizer, tmp_path, monitor, attach=False, max_steps=40, lr=3e-2,
+                                         report_to=())
+    monkeypatch.setattr(monitor, "report", lambda path: (_ for _ in ()).throw(PermissionError("read-only disk")))
+    with caplog.at_level("ERROR", "phantom.callback"):
+        trainer.train()                                      # returns: the user's save_model() would run
+    born = monitor.stop["step"]
+    assert trainer.state.global_step == born < 40 and monitor.history[-1]["step"] == born
+    assert callback.written is None and "read-only disk" in caplog.text and "training itself finished" in caplog.text
+
+
+def test_unwritable_report_path_fails_before_training(tokenizer, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="monitor report directory .* is not a writable directory"):
+        PhantomCallback(PhantomMonitor(tokenizer, TINY_PROBES[:1]), path=tmp_path / "file" / "phantom")
