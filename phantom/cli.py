@@ -423,14 +423,14 @@ def _read_bounded(path: Path) -> str:
         with open(path, "rb") as f:
             data = f.read(PROBES_MAX_BYTES + 1)
     except OSError as err:
-        raise CliError(f"cannot read the probes file {printable(str(path))}: {err.strerror or err}") from None
+        raise CliError(f"cannot read the probes file {printable(str(path), 200)}: {err.strerror or err}") from None
     if len(data) > PROBES_MAX_BYTES:
-        raise CliError(f"probes file {printable(str(path))} is larger than {PROBES_MAX_BYTES >> 20} MiB: "
+        raise CliError(f"probes file {printable(str(path), 200)} is larger than {PROBES_MAX_BYTES >> 20} MiB: "
                        f"give at most {PROBES_MAX} probes")
     try:
         return data.decode("utf-8-sig")           # "CSV UTF-8" from spreadsheets starts with a BOM
     except UnicodeDecodeError as err:
-        raise CliError(f"probes file {printable(str(path))} is not UTF-8 text: {err.reason} at byte "
+        raise CliError(f"probes file {printable(str(path), 200)} is not UTF-8 text: {err.reason} at byte "
                        f"{err.start}") from None
 
 
@@ -445,7 +445,7 @@ def read_probes(path: Path) -> list:
     import io
 
     from .monitor import Probe
-    shown = printable(str(path))
+    shown = printable(str(path), 200)
     try:
         table = list(csv.reader(io.StringIO(_read_bounded(path), newline="")))
     except csv.Error as err:
