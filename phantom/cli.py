@@ -509,7 +509,6 @@ def _observe_probes(loaded, probes, clock: _Clock) -> list[dict]:
     """Each probe's step-0 row with its blind r, one probe at a time; the total time is announced
     after the first probe when it exceeds a minute."""
     from .monitor import PhantomMonitor
-    PhantomMonitor(loaded.tokenizer, probes)                           # every probe checked before any gradient
     loaded.model.requires_grad_(True)                                  # r over every parameter, as q (full FT)
     rows, start = [], time.perf_counter()
     with progress.Progress(len(probes), "probes (step-0 r: 2 backward passes each)") as bar:
@@ -566,6 +565,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     probes = read_probes(args.probes)
     k_models = campaign.parse_models(args.k_models)
     zoo.check_name(args.model)
+    from .monitor import PhantomMonitor
+    PhantomMonitor(zoo.load_tokenizer(args.model), probes)            # every word checked before k and the model
     clock(f"k from the run store ({store.default_root()}), nothing computed …")
     const, accuracy = _predict_k(k_models)
     loaded = _Loader(clock, always=True)(args.model)

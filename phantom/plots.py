@@ -245,11 +245,11 @@ def plot_monitor(monitor, path: str | os.PathLike) -> Path:
         p_ax.plot(*monitor.series(name, "p_target"), color="tab:green", lw=1.6, marker="o", ms=3, label="p_target")
         p_ax.plot(*monitor.series(name, "p_competitor"), color="tab:red", lw=1.6, ls="--", marker="x", ms=4,
                   label="p_competitor")
-        span = float(steps.max() - steps.min()) if steps.size else 1.0
-        pad = max(0.5, 0.04 * span)
-        if steps.size:
-            p_ax.set_xlim(steps.min() - pad, steps.max() + pad)
         _finding_marks(axes[:, col], [f for f in monitor.findings if f["probe"] == name], monitor.window)
+        if steps.size:                                   # after the marks: the window's span must not widen it
+            pad = max(0.5, 0.04 * float(steps.max() - steps.min()))
+            for ax in axes[:, col]:
+                ax.set_xlim(steps.min() - pad, steps.max() + pad)
         phi_ax.set_title(name, fontsize=10, pad=14)
         p_ax.set_xlabel("step")
         for ax in axes[:, col]:

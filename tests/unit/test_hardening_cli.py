@@ -189,18 +189,26 @@ def probes_csv(draw) -> bytes:
     """A header (usually the right one) and rows of arbitrary fields, quoted or not, sometimes with a BOM."""
     header = draw(st.sampled_from(["context,target,competitor", "context,target,competitor,name",
                                    "target,context", ""]) | _FIELD)
-    rows = draw(st.lists(st.lists(_FIELD, max_size=6), max_size=5))
+    words = st.sampled_from(["He never found the", "purpose", "meaning", "longing", " yearning", "x\x1b[2Jy"])
+    rows = draw(st.lists(st.lists(words | _FIELD, max_size=5), max_size=5))
     quote = draw(st.booleans())
     lines = [header] + [",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if quote else f for f in row) for row in rows]
     text = "\n".join(lines)
     return ("\ufeff" if draw(st.booleans()) else "").encode() + text.encode("utf-8", "surrogatepass")
 
 
+@pytest.fixture
+def tiny_tokenizer(monkeypatch):
+    import tiny_models
+    tokenizer = tiny_models.build_tokenizer()
+    monkeypatch.setattr(zoo, "load_tokenizer", lambda name: tokenizer)
+
+
 @FUZZ
 @given(data=probes_csv())
-def test_fuzz_predict_csv_contents(data):
+def test_fuzz_predict_csv_contents(tiny_tokenizer, data):
     """Whatever the CSV holds: exit 1 with one bounded error line, nothing printed raw that a terminal
-    would interpret (no model loads here, so a valid file ends at 'no k')."""
+    would interpret (words are checked on a tiny tokenizer; no model loads, so a valid file ends at 'no k')."""
     import contextlib
     import io
     sandbox = Path(tempfile.mkdtemp(prefix="fuzz-"))
