@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import campaign, contexts, laws, zoo
-from .protocol import CRITICAL_RTOL, EXTENDED_GRID, FULL_GRID, STEPS
+from .protocol import CRITICAL_RTOL, EXTENDED_GRID, FULL_GRID, LORA_GRID, STEPS
 from .store import NotStored, RunStore
 
 NO_K = "no k: not every model of --k-models has η_c and q in the run store"
@@ -171,13 +171,13 @@ def installed(model: str) -> bool:
 
 
 def measure_minutes(model: str) -> float | None:
-    """Upper estimate of one thread's minutes to measure a model's η_c (full-FT grid and bisection,
-    every context run to T) — None for a model outside the offline zoo. Runs stop at the Born flip,
-    so real times are lower."""
+    """Upper estimate of one thread's minutes of ``phantom laws --models <model>`` (its full-FT and
+    LoRA grids and the η_c bisection, every context run to T, at ``campaign.STEP_S_PER_PARAM``),
+    None outside the offline zoo. Runs that stop at the Born flip make real times lower."""
     n = OFFLINE_PARAMS.get(model)
     if n is None:
         return None
-    lrs = len(FULL_GRID) + len(EXTENDED_GRID) + BISECTION_PROBES
+    lrs = len(FULL_GRID) + len(EXTENDED_GRID) + len(LORA_GRID) + BISECTION_PROBES
     return campaign.STEP_S_PER_PARAM * n * STEPS * len(contexts.CONTEXTS) * lrs / 60
 
 
