@@ -1,6 +1,7 @@
-"""phantom.monitor: probes on tiny models (batching, modes, errors, findings, report), then the
-real SmolLM2 against the engine (SPEC §4 loop), inside ``transformers.Trainer`` (full and LoRA),
-and the silent-failure finding of ``longing`` at 2e-6 (SPEC §5)."""
+"""phantom.monitor and phantom.callback: probes on tiny models (batching, modes, errors, steps,
+findings, report), the real SmolLM2 against the engine (SPEC §4 loop), inside
+``transformers.Trainer`` (full and LoRA; TensorBoard and a stub integration on a tiny model),
+and the silent failure trend of ``longing`` at 2e-6 (SPEC §5)."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import pytest
 import tiny_models
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from phantom import contexts, dynamics
 from phantom.callback import PhantomCallback
@@ -357,19 +359,14 @@ def test_silent_failure_flagged_at_2e6_not_on_a_flipping_run(smol, longing, one_
 
 # --- transformers.Trainer on a tiny model ----------------------------------------------------
 
-class Recorder:
+class Recorder(TrainerCallback):
     """A stub report_to integration: records what each on_log receives, at which step."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    def __init__(self):
+        self.logs = []
 
-        class _Recorder(TrainerCallback):
-            def __init__(self):
-                self.logs = []
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                self.logs.append((state.global_step, dict(logs)))
-        return _Recorder()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append((state.global_step, dict(logs)))
 
 
 def _tiny_trainer(tokenizer, tmp_path, monitor, *, attach: bool, max_steps: int = 12, lr: float = 1e-3,
