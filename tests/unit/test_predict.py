@@ -229,3 +229,16 @@ def test_predict_smollm2_with_a_warm_store(store, tiny_dir, tmp_path, monkeypatc
     assert f"{probe['eta_hat']:.3g}   {probe['eta_hat'] / 1.25:.2g} – {probe['eta_hat'] * 1.25:.2g}" in out
     assert "η̂/η_c off by smollm2-135m ×1.25" in out and "within ×2" in out
     assert runs.orientation("smollm2-135m", "longing", store=store).g_word == "yearning"
+
+
+def test_many_probes_announce_their_total_time(tiny_dir, capsys, monkeypatch):
+    """After the first probe, a run that will take over a minute says how long, from the measured probe."""
+    from phantom import zoo
+    loaded = zoo.load(tiny_dir)
+    ticks = iter(range(0, 10_000, 40))                        # every clock read (any reader's) is 40 s later
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(ticks))
+    probes = [predict_probe(f"p{i}") for i in range(3)]
+    rows = cli._observe_probes(loaded, probes, cli._Clock())
+    assert len(rows) == 3 and all(r["r"] is not None for r in rows)
+    per, total = re.search(r"3 probes at (\d+\.\d) s each: about (\d+) min", capsys.readouterr().err).groups()
+    assert float(per) >= 40 and int(total) == round(3 * float(per) / 60)
