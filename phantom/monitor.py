@@ -331,7 +331,7 @@ class PhantomMonitor:
         return np.array([r["step"] for r in rows]), np.array([r[name] for r in rows], dtype=np.float64)
 
     def silent_failure_trend(self, steps, loss, p_g, p_c) -> int | None:
-        """Index where the observations show a silent failure trend, or None.
+        """Index of the observation the judged window starts at, if it shows a silent failure trend; else None.
 
         The practitioner's form of SPEC §5's silent failure (``transitions.is_silent_failure``,
         exact, over a whole run): over the observations covering the last ``window`` steps
@@ -346,7 +346,7 @@ class PhantomMonitor:
         w = slice(start, None)
         if not transitions.silent_failure(loss[w], p_g[w], p_c[w], tolerance=self.tolerance * loss[w][:-1]):
             return None
-        return len(steps) - 1 if loss[-1] <= (1.0 - self.tolerance) * loss[start] else None
+        return start if loss[-1] <= (1.0 - self.tolerance) * loss[start] else None
 
     def _check(self, probe: str) -> list[str]:
         """Report the findings the probe's series now show; return the kinds new at this observation."""
@@ -370,9 +370,8 @@ class PhantomMonitor:
             self._report(probe, "jump", int(steps[j.t_star + 1]),
                          f"jump: ΔΦ = {phi[j.t_star + 1] - phi[j.t_star]:.4g} between steps {steps[j.t_star]} and "
                          f"{steps[j.t_star + 1]}, J = {j.ratio:.3g} after {j.n_quiescent} quiet observations")
-        trend = self.silent_failure_trend(steps, loss, p_g, p_c)
-        if trend is not None:
-            start = int(np.searchsorted(steps, steps[-1] - self.window, side="right")) - 1
+        start = self.silent_failure_trend(steps, loss, p_g, p_c)
+        if start is not None:
             self._report(probe, "silent_failure_trend", int(steps[-1]),
                          f"silent failure trend: the target's loss fell {loss[start]:.4g} → {loss[-1]:.4g} over "
                          f"steps {steps[start]}–{steps[-1]} while p_target stayed ≤ p_competitor (now "
