@@ -7,6 +7,7 @@ The public API, by layer (SPEC sections in each module's docstring)::
     models       zoo.load / zoo.ModelInfo, contexts (CONTEXTS, orient), dynamics.run (the engine)
     run layer    store.RunStore, runs (keys, orientation, trajectory), campaign (Plan, Campaign, laws_table)
     claims       claims.CLAIMS (the registry), report (verdicts.json, CLAIMS.md)
+    your run     monitor (PhantomMonitor, Probe), callback (PhantomCallback for Trainer), predict (blind η̂_c)
 
 Names are imported lazily (PEP 562), so ``import phantom.laws`` stays free of torch and models.
 """
@@ -25,6 +26,7 @@ _EXPORTS = {
     "trajectory": "runs", "orientation": "runs",
     "Plan": "campaign", "Campaign": "campaign", "laws_table": "campaign",
     "CLAIMS": "claims", "Verdict": "claims",
+    "PhantomMonitor": "monitor", "Probe": "monitor", "PhantomCallback": "callback",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -55,8 +55,14 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+ERROR_MAX = 2000   # characters of an error line: a message quoting a huge input is cut
+
+
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in _one_line(message))
+    if len(text) > ERROR_MAX:
+        text = f"{text[:ERROR_MAX]}… ({len(text) - ERROR_MAX} more characters)"
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
 
 
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -408,35 +414,69 @@ def cmd_laws(args: argparse.Namespace) -> int:
 # --- `predict` ------------------------------------------------------------------------
 
 PROBE_COLUMNS = ("context", "target", "competitor")
+PROBES_MAX_BYTES = 1 << 20      # a probes CSV larger than 1 MiB is refused before parsing
+PROBES_MAX = 1000               # and so is one with more probes (each costs two backward passes)
+SHOWN_MAX = 60                  # characters of a CSV field shown in a table or an error
+
+
+def printable(text: str, limit: int = SHOWN_MAX) -> str:
+    """``text`` safe for a terminal: control characters escaped (``\\x1b``, ``\\n``), cut at ``limit``."""
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _read_bounded(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(PROBES_MAX_BYTES + 1)
+    except OSError as err:
+        raise CliError(f"cannot read the probes file {printable(str(path), 200)}: {err.strerror or err}") from None
+    if len(data) > PROBES_MAX_BYTES:
+        raise CliError(f"probes file {printable(str(path), 200)} is larger than {PROBES_MAX_BYTES >> 20} MiB: "
+                       f"give at most {PROBES_MAX} probes")
+    try:
+        return data.decode("utf-8-sig")           # "CSV UTF-8" from spreadsheets starts with a BOM
+    except UnicodeDecodeError as err:
+        raise CliError(f"probes file {printable(str(path), 200)} is not UTF-8 text: {err.reason} at byte "
+                       f"{err.start}") from None
 
 
 def read_probes(path: Path) -> list:
-    """Probes from a CSV with a header row: columns context, target, competitor (and name, optional)."""
+    """Probes from a CSV with a header row: columns context, target, competitor (and name, optional).
+
+    At most :data:`PROBES_MAX_BYTES` are read and :data:`PROBES_MAX` probes accepted; a row with
+    more fields than the header, an empty required field or an unreadable file is one error line
+    naming the row, with CSV text escaped (:func:`printable`).
+    """
     import csv
+    import io
 
     from .monitor import Probe
+    shown = printable(str(path), 200)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise CliError(f"cannot read the probes file {path}: {err}") from None
+        table = list(csv.reader(io.StringIO(_read_bounded(path), newline="")))
+    except csv.Error as err:
+        raise CliError(f"probes file {shown} is not valid CSV: {err}") from None
+    header = [h.strip() for h in table[0]] if table else []
     missing = [c for c in PROBE_COLUMNS if c not in header]
     if missing:
-        raise CliError(f"probes file {path} lacks the column(s) {', '.join(missing)} in its header row "
-                       f"(got {header}); expected: context,target,competitor[,name]")
+        raise CliError(f"probes file {shown} lacks the column(s) {', '.join(missing)} in its header row "
+                       f"(got {printable(','.join(header))}); expected: context,target,competitor[,name]")
+    rows = [(line, row) for line, row in enumerate(table[1:], start=2) if any(v.strip() for v in row)]
+    if len(rows) > PROBES_MAX:
+        raise CliError(f"probes file {shown} has {len(rows)} probes, more than {PROBES_MAX}: split it")
     probes = []
-    for line, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        if not any(row.values()):
-            continue
-        empty = [c for c in PROBE_COLUMNS if not row.get(c)]
+    for line, row in rows:
+        if len(row) > len(header):
+            raise CliError(f"probes file {shown} line {line}: {len(row)} fields, but the header has {len(header)} "
+                           "(quote a context that contains a comma)")
+        fields = dict(zip(header, (v.strip() for v in row)))
+        empty = [c for c in PROBE_COLUMNS if not fields.get(c)]
         if empty:
-            raise CliError(f"probes file {path} line {line}: empty {', '.join(empty)}")
-        probes.append(Probe(row["context"], row["target"], row["competitor"], row.get("name") or None))
+            raise CliError(f"probes file {shown} line {line}: empty {', '.join(empty)}")
+        probes.append(Probe(fields["context"], fields["target"], fields["competitor"], fields.get("name") or None))
     if not probes:
-        raise CliError(f"probes file {path} has a header but no probe")
+        raise CliError(f"probes file {shown} has a header but no probe")
     return probes
 
 
@@ -445,74 +485,108 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                    help=f"offline zoo name ({', '.join(zoo.OFFLINE)}), a local model directory, "
                         "or a Hugging Face id already in the local cache (required)")
     p.add_argument("--probes", required=True, type=Path, metavar="CSV",
-                   help="CSV with a header row: context,target,competitor[,name]; each word must be a "
-                        "single token with its leading space (required)")
+                   help=f"CSV with a header row: context,target,competitor[,name]; each word must be a "
+                        f"single token with its leading space; at most {PROBES_MAX} probes (required)")
     p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
                    help="the number of updates T the critical LR is for (default: %(default)s)")
-    p.add_argument("--k-models", default=",".join(campaign.ZOOS["offline-full"]), metavar="MODELS",
-                   help="comma-separated models whose stored η_c and q give k; read from the run store "
-                        "only, never computed (default: %(default)s)")
+    p.add_argument("--k-models", default=",".join(campaign.ZOOS["offline"]), metavar="MODELS",
+                   help="comma-separated models whose stored η_c and q give k; every one must be measured "
+                        "(read from the run store, never computed) (default: the standard zoo, %(default)s)")
     p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
                    help="directory for predict_<model>.json (default: ./%(default)s)")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from . import monitor
+def _predict_k(k_models) -> tuple:
+    """``(BlindConstant, Accuracy)``, or a CliError after the remedy when k cannot be computed."""
+    from . import predict
+    const = predict.blind_constant(k_models)
+    if const.k is None:
+        print(f"{'k':<12}cannot be computed: k is fixed by --k-models {','.join(k_models)} and needs each "
+              f"one's η_c and q in the run store ({store.default_root()}):")
+        for m, why in const.missing.items():
+            print(f"{'':<12}{printable(m)}: {why}")
+        for line in predict.remedy(const):
+            print(f"{'remedy':<12}{line}")
+        raise CliError(f"no k: {len(const.missing)} of the {len(k_models)} --k-models not measured "
+                       f"({', '.join(printable(m) for m in const.missing)}); see the remedy above")
+    return const, predict.measured_accuracy(const)
 
-    clock = _Clock()
-    probes = read_probes(args.probes)
-    k_models = campaign.parse_models(args.k_models)
-    zoo.check_name(args.model)
-    clock(f"k from the run store ({store.default_root()}), nothing computed …")
-    const = monitor.blind_constant(k_models)
-    loaded = _Loader(clock, always=True)(args.model)
-    monitor.PhantomMonitor(loaded.tokenizer, probes)                  # every probe checked before any gradient
+
+def _observe_probes(loaded, probes, clock: _Clock) -> list[dict]:
+    """Each probe's step-0 row with its blind r, one probe at a time; the total time is announced
+    after the first probe when it exceeds a minute."""
+    from .monitor import PhantomMonitor
     loaded.model.requires_grad_(True)                                  # r over every parameter, as q (full FT)
-    rows = []
+    rows, start = [], time.perf_counter()
     with progress.Progress(len(probes), "probes (step-0 r: 2 backward passes each)") as bar:
-        for probe in probes:
-            rows.extend(monitor.PhantomMonitor(loaded.tokenizer, [probe]).observe(loaded.model, 0))
+        for i, probe in enumerate(probes):
+            rows.extend(PhantomMonitor(loaded.tokenizer, [probe], blind=True).observe(loaded.model, 0))
             bar.advance()
-    clock("done")
+            if i == 0 and len(probes) > 1 and (per := time.perf_counter() - start) * len(probes) > 60:
+                clock(f"{len(probes)} probes at {per:.1f} s each: about {per * len(probes) / 60:.0f} min")
+    return rows
 
+
+def _predict_rows(probes, rows, const, accuracy, steps: int) -> list[dict]:
+    from . import predict
     results = []
     for probe, row in zip(probes, rows):
-        eta, why = monitor.blind_lr(const.k, row["dz"], row["r"], args.steps)
+        eta, why = predict.estimate(const.k, row, steps)
+        span = [eta / accuracy.factor, eta * accuracy.factor] if eta is not None and accuracy.factor else None
         results.append({"name": probe.label, "context": probe.context, "target": probe.target,
-                        "competitor": probe.competitor, "g_gc": row["g_gc"], "burial": row["burial"],
-                        "dz0": row["dz"], "r": row["r"], "p_g0": row["p_g"], "p_c0": row["p_c"],
-                        "eta_hat": eta, "unpredictable": why})
-    width = max([8] + [len(r["name"]) for r in results])
-    head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Δz_0':>9}{'r':>11}{'η̂_c':>11}"
+                        "competitor": probe.competitor, "g_gc": row["G_gc"], "burial": row["B"],
+                        "dz0": row["dz"], "r": row["r"], "p_g0": row["p_target"], "p_c0": row["p_competitor"],
+                        "eta_hat": eta, "eta_hat_range": span,
+                        "reliable": accuracy.reliable if eta is not None else None, "unpredictable": why})
+    return results
+
+
+def _print_predictions(results, const, accuracy, steps: int) -> None:
+    from . import predict
+    width = max([8] + [len(printable(r["name"], 24)) for r in results])
+    head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Δz_0':>9}{'r':>11}{'η̂_c':>11}   measured range"
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['name']:<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['dz0']:>9.3f}{_fmt(r['r'], '.4g'):>11}"
-              f"{_fmt(r['eta_hat'], '.3g'):>11}")
+        span = (f"   {r['eta_hat_range'][0]:.2g} – {r['eta_hat_range'][1]:.2g}" if r["eta_hat_range"] else
+                "   —" if r["eta_hat"] is None else "   unmeasured")
+        flag = "  UNRELIABLE" if r["reliable"] is False else ""
+        print(f"{printable(r['name'], 24):<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['dz0']:>9.3f}"
+              f"{_fmt(r['r'], '.4g'):>11}{_fmt(r['eta_hat'], '.3g'):>11}{span}{flag}")
     print()
-    if const.k is None:
-        print(f"{'k':<12}none: no model has η_c and q in the run store ({store.default_root()}):")
-        for m, why in const.missing.items():
-            print(f"{'':<12}{m}: {why}")
-        print(f"{'':<12}measure them with: python -m phantom laws --models {','.join(k_models)}")
-    else:
-        used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
-        print(f"{'k':<12}{const.k:.4g} = geometric mean of η_c/q over {used}")
-        loo = ", ".join(f"{m} {e:.1%}" for m, e in const.loo.items()) or "needs ≥ 2 measured models"
-        print(f"{'LOO error':<12}{loo} (C13: each ≤ 2.1%)")
-        if const.missing:
-            print(f"{'not used':<12}" + f"\n{'':<12}".join(f"{m}: {why}" for m, why in const.missing.items()))
-    print(f"{'η̂_c':<12}k · (−Δz_0)/(T·r), T = {args.steps}: the full-FT AdamW LR at which Φ would "
-          f"Born-flip by step T")
+    used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
+    print(f"{'k':<12}{const.k:.4g} from --k-models {','.join(const.models)}: geometric mean of η_c/q over {used}")
+    errors = ", ".join(f"{m} ×{math.exp(e):.3g}" for m, e in accuracy.log_errors.items())
+    verdict = ("" if accuracy.reliable is None else
+               f"; {'within' if accuracy.reliable else 'UNRELIABLE: beyond'} ×{predict.UNRELIABLE_FACTOR:g}")
+    print(f"{'accuracy':<12}{accuracy.source}" + (f": η̂/η_c off by {errors}{verdict}" if errors else ""))
+    print(f"{'η̂_c':<12}k · (−Δz_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip by step T")
     for r in results:
-        if r["unpredictable"] and r["unpredictable"] != monitor.NO_K:
-            print(f"{r['name']:<12}unpredictable: {r['unpredictable']}")
+        if r["unpredictable"]:
+            print(f"{printable(r['name'], 24):<12}unpredictable: {r['unpredictable']}")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    clock = _Clock()
+    check_out(Path(args.out))
+    probes = read_probes(args.probes)
+    k_models = campaign.parse_models(args.k_models)
+    zoo.check_name(args.model)
+    from .monitor import PhantomMonitor
+    PhantomMonitor(zoo.load_tokenizer(args.model), probes)            # every word checked before k and the model
+    clock(f"k from the run store ({store.default_root()}), nothing computed …")
+    const, accuracy = _predict_k(k_models)
+    loaded = _Loader(clock, always=True)(args.model)
+    rows = _observe_probes(loaded, probes, clock)
+    clock("done")
+    results = _predict_rows(probes, rows, const, accuracy, args.steps)
+    _print_predictions(results, const, accuracy, args.steps)
     out = Path(args.out) / f"predict_{safe_name(args.model)}.json"
     try:
         write_json_atomic(out, {"model": args.model, "weights_sha256": loaded.info.weights_sha256,
-                                "steps": args.steps, "k": const.k,
+                                "steps": args.steps, "k": const.k, "k_models_used": list(const.models),
                                 "k_models": {m: {"eta_c": e, "q": q} for m, (e, q) in const.ratios.items()},
-                                "k_missing": const.missing, "loo_rel_error": const.loo, "probes": results})
+                                "measured_accuracy": dataclasses.asdict(accuracy), "probes": results})
     except OSError as err:
         raise CliError(f"cannot write the outputs to {out.parent}: {err}") from None
     print(f"{'wrote':<12}{out}", flush=True)
@@ -637,9 +711,11 @@ COMMANDS: dict[str, Command] = {
         description="For each probe of a CSV (context,target,competitor[,name]) on a model: the pair\n"
                     "overlap G_gc, the step-0 burial depth B, the logit gap Δz_0, the blind statistic\n"
                     "r = ∇Δz · sign(−∇L) over every parameter (SPEC §5), and the blind critical LR\n"
-                    "η̂_c = k·(−Δz_0)/(T·r), with k the geometric mean of η_c/q over the zoo models\n"
-                    "already measured in the run store (read only; `phantom laws` measures them).\n"
-                    "A probe with r ≤ 0 is unpredictable. Writes <out>/predict_<model>.json.",
+                    "η̂_c = k·(−Δz_0)/(T·r), with k the geometric mean of η_c/q over --k-models (the\n"
+                    "standard zoo), each measured in the run store (read only; `phantom laws` measures\n"
+                    "them; without them predict exits 1 with the cheapest remedy). Each η̂_c comes with\n"
+                    "its measured range and is flagged UNRELIABLE when that is wider than ×2. A probe\n"
+                    "with r ≤ 0 is unpredictable. Writes <out>/predict_<model>.json.",
         epilog="example:\n  python -m phantom predict --model smollm2-135m --probes probes.csv",
         configure=configure_predict,
         handler=cmd_predict,

@@ -219,3 +219,62 @@ def plot_context_prediction(points: dict, eta_c: dict, path: str | os.PathLike) 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+FINDING_STYLE = {   # kind → (colour, line style, short label); bad news in red
+    "born_flip": ("tab:green", "--", "Born flip"), "rank_flip": ("tab:blue", ":", "rank flip"),
+    "jump": ("tab:purple", "-.", "jump"), "silent_failure_trend": ("tab:red", "-", "silent failure trend"),
+}
+
+
+def _finding_marks(axes, findings: list[dict], window: int) -> None:
+    """A vertical line per finding on every panel, a labelled triangle above the top panel, and the
+    judged window shaded for a silent failure trend."""
+    top = axes[0]
+    for f in findings:
+        color, ls, label = FINDING_STYLE[f["kind"]]
+        for ax in axes:
+            ax.axvline(f["step"], color=color, ls=ls, lw=1.6, zorder=4)
+            if f["kind"] == "silent_failure_trend":
+                ax.axvspan(f["step"] - window, f["step"], color=color, alpha=0.08, zorder=0)
+        top.plot([f["step"]], [1.0], marker="v", ms=9, color=color, transform=top.get_xaxis_transform(),
+                 clip_on=False, zorder=5, label=f"{label} (step {f['step']})")
+
+
+def plot_monitor(monitor, path: str | os.PathLike) -> Path:
+    """PNG of a :class:`phantom.monitor.PhantomMonitor`'s history, one column per probe.
+
+    Rows: ``phi`` (Φ) with its zero line; its parts ``S`` and ``D``; ``p_target`` and
+    ``p_competitor``. Series carry the names of the monitor's rows and logs. Findings are
+    vertical lines on every row and triangles above the top one (colours: :data:`FINDING_STYLE`);
+    the x-range is padded so a finding at the last step stays off the frame.
+    """
+    names = [p.label for p in monitor.probes]
+    fig = Figure(figsize=(4.2 * len(names) + 0.6, 7.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, len(names), squeeze=False, sharex="col")
+    for col, name in enumerate(names):
+        phi_ax, parts_ax, p_ax = axes[:, col]
+        steps, phi = monitor.series(name, "phi")
+        phi_ax.plot(steps, phi, color="k", lw=2.0, marker="o", ms=3, label="phi (Φ = S + D)")
+        phi_ax.axhline(0.0, color="0.5", lw=0.8)
+        parts_ax.plot(*monitor.series(name, "S"), color="tab:orange", lw=1.6, marker="s", ms=3, label="S")
+        parts_ax.plot(*monitor.series(name, "D"), color="tab:cyan", lw=1.6, ls="--", marker="^", ms=3, label="D")
+        parts_ax.axhline(0.0, color="0.5", lw=0.8)
+        p_ax.plot(*monitor.series(name, "p_target"), color="tab:green", lw=1.6, marker="o", ms=3, label="p_target")
+        p_ax.plot(*monitor.series(name, "p_competitor"), color="tab:red", lw=1.6, ls="--", marker="x", ms=4,
+                  label="p_competitor")
+        _finding_marks(axes[:, col], [f for f in monitor.findings if f["probe"] == name], monitor.window)
+        if steps.size:                                   # after the marks: the window's span must not widen it
+            pad = max(0.5, 0.04 * float(steps.max() - steps.min()))
+            for ax in axes[:, col]:
+                ax.set_xlim(steps.min() - pad, steps.max() + pad)
+        phi_ax.set_title(name, fontsize=10, pad=14)
+        p_ax.set_xlabel("step")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    for ax, label in zip(axes[:, 0], ("phi", "S, D", "p")):
+        ax.set_ylabel(label)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -151,10 +151,29 @@ def jumps(traj: Trajectory) -> bool:
     """
     if traj.diverged_at is not None:
         return False
-    j = jump(traj["phi"])
-    return (j.ratio >= JUMP_RATIO
-            and j.size >= JUMP_SIZE * (1.0 - traj.g_max ** 2)
-            and j.t_star < traj.steps - 1)
+    return is_jump(traj["phi"], traj.g_max, traj.steps)
+
+
+def is_jump(phi: ArrayLike, g_max: float, steps: int | None = None) -> bool:
+    """SPEC §5's jump rule on a Born-gap series ``Φ_0..Φ_T``.
+
+    Parameters
+    ----------
+    phi : array_like
+        Finite 1-D series.
+    g_max : float
+        ``G_max`` of the pair (the size threshold is ``0.05 (1 − G_max²)``).
+    steps : int, optional
+        ``T``; default ``len(phi) − 1`` (the monitor's observations so far).
+
+    Returns
+    -------
+    bool
+        ``J ≥ 10`` and ``|ΔΦ_{t*}| ≥ 0.05 (1 − G_max²)`` and ``t* < T − 1`` (a later step confirms it).
+    """
+    steps = len(phi) - 1 if steps is None else steps
+    j = jump(phi)
+    return j.ratio >= JUMP_RATIO and j.size >= JUMP_SIZE * (1.0 - g_max ** 2) and j.t_star < steps - 1
 
 
 def is_smooth(series: ArrayLike) -> bool:
@@ -230,9 +249,27 @@ def is_silent_failure(traj: Trajectory) -> bool:
     """
     if traj.diverged_at is not None:
         return False
-    loss = _as_series(traj["loss"], "loss")
-    return bool(rank_flip_step(traj["p_g"], traj["p_c"]) is None
-                and np.all(loss[1:] <= loss[:-1] + LOSS_TOLERANCE)
+    return silent_failure(traj["loss"], traj["p_g"], traj["p_c"])
+
+
+def silent_failure(loss: ArrayLike, p_g: ArrayLike, p_c: ArrayLike, tolerance: ArrayLike = LOSS_TOLERANCE) -> bool:
+    """SPEC §5's silent-failure rule on series (``is_silent_failure`` applies it to a whole run).
+
+    Parameters
+    ----------
+    loss, p_g, p_c : array_like
+        Finite 1-D series of equal length.
+    tolerance : float or array_like
+        The allowed rise ``L_{t+1} − L_t`` (SPEC: 1e-6; the monitor passes a relative one per step).
+
+    Returns
+    -------
+    bool
+        No rank flip, ``L_{t+1} ≤ L_t + tolerance`` at every step and ``L_T < L_0``.
+    """
+    loss = _as_series(loss, "loss")
+    return bool(rank_flip_step(p_g, p_c) is None
+                and np.all(loss[1:] <= loss[:-1] + np.asarray(tolerance))
                 and loss.size > 0 and loss[-1] < loss[0])
 
 

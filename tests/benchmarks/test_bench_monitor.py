@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from phantom import contexts, dynamics, zoo
-from phantom.monitor import PhantomMonitor, step_zero_r
+from phantom.monitor import PhantomMonitor
+from phantom.predict import step_zero_r
 
 SMOL = "smollm2-135m"
 EVERY, BATCH, SEQ, STEPS = 10, 8, 64, 6

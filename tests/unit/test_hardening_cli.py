@@ -177,3 +177,49 @@ def test_any_other_file_system_fault_is_one_line(tmp_path, monkeypatch):
     code, errors, _ = run_cli(run_argv(out=tmp_path / "out"))
     assert code == 1
     assert errors == [f"phantom: error: No space left on device: {tmp_path / 'cache' / 'x'}"]
+
+
+# ---------------------------------------------------------------- fuzz: predict's CSV contents
+
+_FIELD = st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "Z", "Cc", "S")), max_size=25)
+
+
+@st.composite
+def probes_csv(draw) -> bytes:
+    """A header (usually the right one) and rows of arbitrary fields, quoted or not, sometimes with a BOM."""
+    header = draw(st.sampled_from(["context,target,competitor", "context,target,competitor,name",
+                                   "target,context", ""]) | _FIELD)
+    words = st.sampled_from(["He never found the", "purpose", "meaning", "longing", " yearning", "x\x1b[2Jy"])
+    rows = draw(st.lists(st.lists(words | _FIELD, max_size=5), max_size=5))
+    quote = draw(st.booleans())
+    lines = [header] + [",".join(f'"{f.replace(chr(34), chr(34) * 2)}"' if quote else f for f in row) for row in rows]
+    text = "\n".join(lines)
+    return ("\ufeff" if draw(st.booleans()) else "").encode() + text.encode("utf-8", "surrogatepass")
+
+
+@pytest.fixture
+def tiny_tokenizer(monkeypatch):
+    import tiny_models
+    tokenizer = tiny_models.build_tokenizer()
+    monkeypatch.setattr(zoo, "load_tokenizer", lambda name: tokenizer)
+
+
+@FUZZ
+@given(data=probes_csv())
+def test_fuzz_predict_csv_contents(tiny_tokenizer, data):
+    """Whatever the CSV holds: exit 1 with one bounded error line, nothing printed raw that a terminal
+    would interpret (words are checked on a tiny tokenizer; no model loads, so a valid file ends at 'no k')."""
+    import contextlib
+    import io
+    sandbox = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    (sandbox / "p.csv").write_bytes(data)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = cli.main(["predict", "--model", "smollm2-135m", "--probes", str(sandbox / "p.csv"),
+                         "--k-models", "smollm2-135m", "--out", str(sandbox / "out")])
+    errors = [line for line in err.getvalue().splitlines() if line.startswith("phantom: error:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+    assert len(errors[0]) <= cli.ERROR_MAX + 100
+    printed = out.getvalue() + err.getvalue()
+    assert not any(ch in printed for ch in "\x00\x1b\x07\r\x08"), printed
+    event(errors[0].replace(str(sandbox / "p.csv"), "P")[:45])

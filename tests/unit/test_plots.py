@@ -261,3 +261,41 @@ def test_claims_figures_overwrite(tmp_path):
         png_size(p)
     assert_only(outdir, "full_ft.png", "lora.png", "readout.png")
     assert os.path.getsize(outdir / "readout.png") > 1000
+
+
+class FakeMonitor:
+    """What plot_monitor reads of a PhantomMonitor: probes, series, findings, window."""
+
+    window = 30
+
+    def __init__(self):
+        from phantom.monitor import Probe
+        self.probes = [Probe("c", "a", "b", "flips"), Probe("c", "d", "e", "silent")]
+        t = np.arange(N, dtype=float)
+        self._series = {("flips", "phi"): t / T - 0.5, ("silent", "phi"): -0.05 - t / 1000,
+                        ("flips", "S"): t / T - 0.5, ("silent", "S"): -0.05 - t / 1000,
+                        ("flips", "D"): 1e-3 + 0 * t, ("silent", "D"): 1e-3 + 0 * t,
+                        ("flips", "p_target"): t / T, ("silent", "p_target"): 0.01 + 0 * t,
+                        ("flips", "p_competitor"): 1 - t / T, ("silent", "p_competitor"): 0.2 + t / 100}
+        self.findings = [{"probe": "flips", "kind": "born_flip", "step": 15},
+                         {"probe": "silent", "kind": "silent_failure_trend", "step": T}]
+
+    def series(self, probe, name):
+        return np.arange(N), self._series[(probe, name)]
+
+
+def test_plot_monitor_lines_named_as_logged_and_findings_off_the_frame(tmp_path, monkeypatch):
+    """One column per probe, rows phi / S, D / p with the log names; a finding at the last step is
+    drawn inside the padded x-range, with a labelled marker in the legend."""
+    figures = capture_figures(monkeypatch)
+    path = plots.plot_monitor(FakeMonitor(), tmp_path / "m.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC and png_size(path)[0] > 600
+    (fig,) = figures
+    axes = np.array(fig.axes).reshape(3, 2)
+    labels = [[ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")] for ax in axes[:, 0]]
+    assert labels == [["phi (Φ = S + D)", "Born flip (step 15)"], ["S", "D"], ["p_target", "p_competitor"]]
+    for ax in axes[:, 1]:
+        lo, hi = ax.get_xlim()
+        assert lo < 0 and hi > T + 0.5                      # the step-30 finding is not on the frame
+    assert "silent failure trend (step 30)" in [line.get_label() for line in axes[0, 1].get_lines()]
+    assert [len(ax.patches) for ax in axes.flat] == [0, 1] * 3   # the trend's judged window is shaded, and only it

@@ -13,8 +13,8 @@ import re
 import pytest
 import tiny_models
 
-from phantom import campaign, cli, dynamics, laws, runs
-from phantom.monitor import NO_K, blind_constant, blind_lr
+from phantom import campaign, cli, dynamics, laws, predict, runs
+from phantom.predict import NO_K, blind_constant, blind_lr
 from phantom.store import RunStore
 
 LONGING = "After twenty years abroad, she felt a deep sense of"
@@ -66,7 +66,7 @@ def test_blind_constant_reads_only(store, tiny_dir, monkeypatch):
     monkeypatch.setattr(dynamics, "blind_r", boom)
     monkeypatch.setattr(dynamics, "run", boom)
     const = blind_constant([tiny_dir], store)
-    assert const.k is None and const.ratios == {} and const.loo == {}
+    assert const.k is None and const.ratios == {} and const.loo == {} and const.models == (tiny_dir,)
     assert const.missing == {tiny_dir: f"not measured: its orientation entry is not in the run store {store.root}"}
     assert not any(p.suffix == ".json" for p in store.root.rglob("*"))
 
@@ -85,23 +85,112 @@ def test_bad_csv_is_one_line_error(tmp_path, capsys, text, match):
     assert re.search(match, err)
 
 
+def test_csv_utf8_with_a_bom_is_read(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_bytes("context,target,competitor\nHe never found the,purpose,meaning\n".encode("utf-8-sig"))
+    (probe,) = cli.read_probes(path)
+    assert (probe.context, probe.target, probe.competitor) == ("He never found the", "purpose", "meaning")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("context,target,competitor\nHe never found the, sad,purpose,meaning\n",
+     re.escape("line 2: 4 fields, but the header has 3 (quote a context that contains a comma)")),
+    ("context,target,competitor\n\x1b[2J\x00evil\n,x,\n", r"line 2: empty target, competitor"),
+    ("con\x1b]0;pwned\x07text,target,competitor\n", r"got con\\x1b\]0;pwned\\x07text,target,competitor"),
+    ("context,target,competitor\n" + "He never found the,purpose,meaning\n" * 1001, "has 1001 probes, more than 1000"),
+])
+def test_csv_rows_are_checked_and_their_text_escaped(tmp_path, capsys, text, match):
+    status = cli.main(["predict", "--model", "smollm2-135m", "--probes", _csv(tmp_path / "p.csv", text),
+                       "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1 and re.search(match, err) and len(err.strip().splitlines()) == 1
+    assert "\x1b" not in err and "\x00" not in err and "\x07" not in err
+
+
+def test_huge_inputs_fail_fast_and_bounded(tmp_path, capsys):
+    """A 200k-row file fails on its size in well under a second; /dev/zero is read only up to the bound."""
+    import time
+    big = _csv(tmp_path / "big.csv", "context,target,competitor\n" + "He never found the,purpose,meaning\n" * 200_000)
+    for path, match in ((big, "is larger than 1 MiB"), ("/dev/zero", "/dev/zero is larger than 1 MiB")):
+        start = time.perf_counter()
+        assert cli.main(["predict", "--model", "smollm2-135m", "--probes", path, "--out", str(tmp_path)]) == 1
+        assert time.perf_counter() - start < 5 and match in capsys.readouterr().err
+    cli._error("x" * 3_600_000)
+    line = capsys.readouterr().err
+    assert len(line) < cli.ERROR_MAX + 100 and line.rstrip().endswith("(3598000 more characters)")
+
+
+def test_unwritable_out_is_reported_before_the_csv_is_read(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(cli, "read_probes", lambda path: pytest.fail("read before --out was checked"))
+    assert cli.main(["predict", "--model", "smollm2-135m", "--probes", "p.csv",
+                     "--out", str(tmp_path / "file" / "out")]) == 1
+    assert "output directory (--out)" in capsys.readouterr().err
+
+
 def test_missing_csv_file(tmp_path, capsys):
     assert cli.main(["predict", "--model", "smollm2-135m", "--probes", str(tmp_path / "nope.csv")]) == 1
     assert "cannot read the probes file" in capsys.readouterr().err
 
 
-def test_nothing_measured_names_the_laws_command(store, tiny_dir, tmp_path, capsys):
+def test_no_k_exits_1_before_loading_with_the_cheapest_installed_remedy(store, tiny_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """k needs every --k-models model; without it predict fails before any model loads, and the remedy
+    names installed models only, cheapest first, each with a time estimate."""
+    monkeypatch.setattr(predict, "installed", lambda m: m != "qwen2.5-0.5b")
+    monkeypatch.setattr(cli._Loader, "__call__", lambda *a: pytest.fail("no model may load without k"))
+    _measure(tiny_dir, store, monkeypatch, *KNOWN["tiny"])
     csv = _csv(tmp_path / "p.csv", "context,target,competitor,name\nHe never found the,purpose,meaning,found\n")
-    assert cli.main(["predict", "--model", tiny_dir, "--probes", csv, "--k-models", f"{tiny_dir},qwen2.5-0.5b",
-                     "--out", str(tmp_path)]) == 0
+    status = cli.main(["predict", "--model", tiny_dir, "--probes", csv, "--out", str(tmp_path / "o"),
+                       "--k-models", f"gemma3-270m,{tiny_dir},smollm2-135m,qwen2.5-0.5b"])
+    out, err = capsys.readouterr()
+    assert status == 1 and not (tmp_path / "o").exists()
+    assert err.strip().splitlines()[-1] == ("phantom: error: no k: 3 of the 4 --k-models not measured "
+                                            "(gemma3-270m, smollm2-135m, qwen2.5-0.5b); see the remedy above")
+    remedy = [line for line in out.splitlines() if line.startswith("remedy")]
+    smol, gemma = predict.measure_minutes("smollm2-135m"), predict.measure_minutes("gemma3-270m")
+    assert 0 < smol < gemma
+    assert remedy == [
+        f"remedy      cheapest: python -m phantom laws --models smollm2-135m (up to ≈{smol:.0f} min on one CPU "
+        "thread), then --k-models smollm2-135m (k from one model: its accuracy is then unmeasured)",
+        "remedy      not installed here: qwen2.5-0.5b (leave out of --k-models, or install: README Set-up)"]
+    monkeypatch.setattr(predict, "installed", lambda m: True)
+    const = blind_constant(["gemma3-270m", "smollm2-135m"], store)
+    assert predict.remedy(const)[0].startswith("measure: python -m phantom laws --models smollm2-135m,gemma3-270m  "
+                                               f"(smollm2-135m: up to ≈{smol:.0f} min")
+
+
+def test_accuracy_range_and_unreliable_flag():
+    """The leave-one-out errors become a ×factor range; beyond ×2 the predictor is unreliable."""
+    const = predict.BlindConstant(("a", "b"), 10.0, {}, {}, {"a": (3e-6, 2e-6), "b": (1e-6, 1.2e-6)})
+    acc = predict.measured_accuracy(const)
+    assert acc.factor == pytest.approx(1.5) and acc.reliable is True
+    assert acc.log_errors["a"] == pytest.approx(math.log(1.5))
+    bad = predict.measured_accuracy(predict.BlindConstant(("a", "b"), 1.0, {}, {}, {"a": (5e-6, 1e-6), "b": (1, 1)}))
+    assert bad.factor == pytest.approx(5.0) and bad.reliable is False
+    assert predict.measured_accuracy(predict.BlindConstant(("a",), 1.0, {}, {}, {})).factor is None
+    results = cli._predict_rows([predict_probe("x\x1b[31mred\nline")], [ROW], const, bad, 30)
+    assert results[0]["eta_hat_range"] == pytest.approx([results[0]["eta_hat"] / 5, results[0]["eta_hat"] * 5])
+    assert results[0]["reliable"] is False
+
+
+def predict_probe(name: str):
+    from phantom.monitor import Probe
+    return Probe("He never found the", "purpose", "meaning", name)
+
+
+ROW = {"G_gc": 0.5, "B": 1.0, "dz": -2.0, "r": 100.0, "p_target": 0.1, "p_competitor": 0.3}
+
+
+def test_printed_table_escapes_csv_text(capsys):
+    const = predict.BlindConstant(("a", "b"), 10.0, {"a": (1e-6, 1e-7), "b": (2e-6, 1e-7)}, {},
+                                  {"a": (5e-6, 1e-6), "b": (1, 1)})
+    acc = predict.measured_accuracy(const)
+    results = cli._predict_rows([predict_probe("x\x1b[31mred\nline\x00")], [dict(ROW, r=-1.0)], const, acc, 30)
+    cli._print_predictions(results, const, acc, 30)
     out = capsys.readouterr().out
-    assert "k           none: no model has η_c and q in the run store" in out
-    assert f"measure them with: python -m phantom laws --models {tiny_dir},qwen2.5-0.5b" in out
-    doc = json.loads((tmp_path / f"predict_{cli.safe_name(tiny_dir)}.json").read_text())
-    assert doc["k"] is None and set(doc["k_missing"]) == {tiny_dir, "qwen2.5-0.5b"}
-    (probe,) = doc["probes"]
-    assert probe["name"] == "found" and probe["eta_hat"] is None and probe["unpredictable"] == NO_K
-    assert probe["r"] is not None and -1 < probe["g_gc"] < 1 and probe["burial"] > 0
+    assert "\x1b" not in out and "\x00" not in out and "x\\x1b[31mred\\nline\\x00" in out
+    assert "UNRELIABLE: beyond ×2" in out and "unpredictable: r = -1 ≤ 0" in out
 
 
 @pytest.mark.slow
@@ -119,21 +208,37 @@ def test_predict_smollm2_with_a_warm_store(store, tiny_dir, tmp_path, monkeypatc
     _measure("smollm2-135m", store, monkeypatch, *KNOWN["smollm2-135m"])
     csv = _csv(tmp_path / "p.csv", f'context,target,competitor,name\n"{LONGING}",yearning,longing,longing\n')
     status = cli.main(["predict", "--model", "smollm2-135m", "--probes", csv, "--k-models",
-                       f"smollm2-135m,{tiny_dir},qwen2.5-0.5b", "--out", str(tmp_path)])
+                       f"smollm2-135m,{tiny_dir}", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 0
     doc = json.loads((tmp_path / "predict_smollm2-135m.json").read_text())
     ratios = {m: e / (-dz / 30) for m, (e, dz) in KNOWN.items()}                 # η_c / q
     k = math.sqrt(ratios["smollm2-135m"] * ratios["tiny"])
-    assert doc["k"] == pytest.approx(k, rel=1e-12)
-    assert set(doc["k_models"]) == {"smollm2-135m", tiny_dir} and set(doc["k_missing"]) == {"qwen2.5-0.5b"}
-    # leave-one-out: each model predicted with k from the other one alone
-    assert doc["loo_rel_error"]["smollm2-135m"] == pytest.approx(abs(ratios["tiny"] * 0.1 - 2e-6) / 2e-6)
-    assert doc["loo_rel_error"][tiny_dir] == pytest.approx(abs(ratios["smollm2-135m"] * 0.2 - 5e-6) / 5e-6)
+    assert doc["k"] == pytest.approx(k, rel=1e-12) and doc["k_models_used"] == ["smollm2-135m", tiny_dir]
+    assert set(doc["k_models"]) == {"smollm2-135m", tiny_dir}
+    # leave-one-out: each model predicted with k from the other one alone: 2.5e-6 for 2e-6, 4e-6 for 5e-6
+    acc = doc["measured_accuracy"]
+    assert acc["log_errors"] == {"smollm2-135m": pytest.approx(math.log(1.25)), tiny_dir: pytest.approx(math.log(1.25))}
+    assert acc["factor"] == pytest.approx(1.25) and acc["reliable"] is True
     (probe,) = doc["probes"]
-    assert probe["dz0"] < 0 < probe["r"] and probe["unpredictable"] is None
+    assert probe["dz0"] < 0 < probe["r"] and probe["unpredictable"] is None and probe["reliable"] is True
     assert probe["eta_hat"] == pytest.approx(k * -probe["dz0"] / (30 * probe["r"]), rel=1e-12)
+    assert probe["eta_hat_range"] == pytest.approx([probe["eta_hat"] / 1.25, probe["eta_hat"] * 1.25])
     assert probe["g_gc"] == pytest.approx(0.9053, abs=1e-4) and probe["p_g0"] < probe["p_c0"]
-    assert f"k           {k:.4g} = geometric mean of η_c/q over smollm2-135m" in out
-    assert f"{probe['eta_hat']:.3g}" in out and "LOO error   smollm2-135m 25.0%, " in out
+    assert f"k           {k:.4g} from --k-models smollm2-135m,{tiny_dir}: geometric mean of η_c/q" in out
+    assert f"{probe['eta_hat']:.3g}   {probe['eta_hat'] / 1.25:.2g} – {probe['eta_hat'] * 1.25:.2g}" in out
+    assert "η̂/η_c off by smollm2-135m ×1.25" in out and "within ×2" in out
     assert runs.orientation("smollm2-135m", "longing", store=store).g_word == "yearning"
+
+
+def test_many_probes_announce_their_total_time(tiny_dir, capsys, monkeypatch):
+    """After the first probe, a run that will take over a minute says how long, from the measured probe."""
+    from phantom import zoo
+    loaded = zoo.load(tiny_dir)
+    ticks = iter(range(0, 10_000, 40))                        # every clock read (any reader's) is 40 s later
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(ticks))
+    probes = [predict_probe(f"p{i}") for i in range(3)]
+    rows = cli._observe_probes(loaded, probes, cli._Clock())
+    assert len(rows) == 3 and all(r["r"] is not None for r in rows)
+    per, total = re.search(r"3 probes at (\d+\.\d) s each: about (\d+) min", capsys.readouterr().err).groups()
+    assert float(per) >= 40 and int(total) == round(3 * float(per) / 60)
