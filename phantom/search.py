@@ -12,8 +12,9 @@ warm store reads exactly the runs it made the first time and computes nothing; i
   The first probe of each step is placed where the response ``Φ_T(η)``, smooth in ``ln η``,
   crosses zero between the bracket's ends, as a pair that straddles that estimate within
   the precision; when a pair fails to halve the bracket, the next step bisects it.
-- :func:`critical` gives ``η_c``, the ``⌈n/2⌉``-th smallest ``η_i``, refining to 1% the
-  contexts that decide it.
+
+:mod:`phantom.critical` caches the per-context searches in the run store and combines them
+into ``η_c``.
 """
 from __future__ import annotations
 
@@ -87,6 +88,16 @@ class ContextCritical:
 
     def add(self, run: Trajectory) -> None:
         self.seen[run.meta["lr"]] = (born_flipped(run), response(run))
+
+    def to_dict(self) -> dict:
+        """JSON-able form (a run-store payload: :mod:`phantom.critical`)."""
+        return {"context": self.context, "seen": [[lr, f, r] for lr, (f, r) in sorted(self.seen.items())],
+                "probes": self.probes, "steps": self.steps}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ContextCritical:
+        return cls(d["context"], {float(lr): (bool(f), r) for lr, f, r in d["seen"]}, list(d["probes"]),
+                   int(d["steps"]))
 
     @property
     def lo(self) -> float:
@@ -172,24 +183,3 @@ def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT
             after = math.log1p(state.width()) if math.isfinite(state.width()) else math.inf
             bisect = math.isfinite(before) and after > 0.5 * before
     return state
-
-
-def critical(campaign, prefetch: Prefetch | None = None) -> tuple[laws.CriticalLR, dict[str, ContextCritical]]:
-    """``η_c`` (1%) and every usable context's ``η_i`` (5%) of a model (SPEC §5 A2).
-
-    Every context is searched to 5%; then, while the ``⌈n/2⌉``-th smallest bracket ends lie
-    more than 1% apart, the contexts whose brackets reach between them are searched further
-    (to 1%, then half of that while two contexts' brackets still interleave).
-    """
-    states = {c: context_critical(campaign, c, prefetch=prefetch) for c in campaign.usable}
-    rtols = (CONTEXT_RTOL,)
-    for _ in range(4):
-        result = laws.critical_from_brackets([s.bracket for s in states.values()])
-        lo, hi = result.bracket
-        if result.converged or lo == 0.0 or math.isinf(hi):
-            return result, states
-        rtols = rtols + (CRITICAL_RTOL if len(rtols) == 1 else rtols[-1] / 2,)
-        for c, s in states.items():
-            if s.lo < hi and s.hi > lo and s.width() > rtols[-1]:
-                states[c] = context_critical(campaign, c, rtols, prefetch)
-    return laws.critical_from_brackets([s.bracket for s in states.values()]), states
