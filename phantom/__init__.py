@@ -2,7 +2,7 @@
 
 The public API, by layer (SPEC sections in each module's docstring)::
 
-    maths        geometry (born_gap, purity, …), transitions (analyse, jump, …), laws (fits, η_c bisection,
+    maths        geometry (born_gap, purity, …), transitions (analyse, jump, …), laws (fits, bounds, η_c from η_i,
                  blind predictor, statistics), protocol (every SPEC constant)
     models       zoo.load / zoo.ModelInfo, contexts (CONTEXTS, orient), dynamics.run (the engine)
     run layer    store.RunStore, runs (keys, orientation, trajectory), campaign (Plan, Campaign, laws_table)

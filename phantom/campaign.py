@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import contexts, laws, runs, search, zoo
+from . import contexts, critical, laws, runs, search, zoo
 from .protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID, LORA_REF, OPERATING_H, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
@@ -35,7 +35,7 @@ class Plan:
     sweep: tuple[float, ...] = FULL_GRID          # full FT: C1, C2, C6, C7, C8 (η_ref ∈ sweep: C3)
     extended: tuple[float, ...] = EXTENDED_GRID   # full FT below the sweep: C9 saturation
     lora: tuple[float, ...] = LORA_GRID           # LoRA: C4 (LORA_REF: C5, C5b, C11)
-    eta_c: bool = True                            # critical-LR bisection and blind predictor: C13
+    eta_c: bool = True                            # critical-LR search and blind predictor: C13
     steps: int = STEPS
     stop: str = "saturated"                       # dynamics.run(stop=…): ends runs that can change no verdict
     reductions: tuple[str, ...] = field(default=())  # human-readable departures, for CLAIMS.md
@@ -213,7 +213,7 @@ def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
                     reductions=("full-FT sweep reduced to η_ref = 2e-5", "no saturation grid (C9 untested)",
                                 lora_ref_only,
-                                "no critical-LR bisection (C13 untested)"))
+                                "no critical-LR search (C13 untested)"))
     cost = full_ft_seconds(info)
     if cost > STANDARD_FULL_FT_S:
         hours = f"≈{cost / 3600:.1f} h of single-thread fine-tuning > the standard budget's " \
@@ -221,7 +221,7 @@ def plan_for(budget: str, info: zoo.ModelInfo) -> Plan:
         return Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False,
                     reductions=(f"full-FT sweep reduced to η_ref = 2e-5: its full-FT grid would take {hours}",
                                 "no saturation grid: C9 without this model",
-                                "no critical-LR bisection: C13 without this model",
+                                "no critical-LR search: C13 without this model",
                                 lora_ref_only))
     return Plan()
 
@@ -283,7 +283,7 @@ def bulk(campaign) -> dict:
 
 def critical_lrs(campaign, prefetch: search.Prefetch | None = None) -> tuple[laws.CriticalLR, dict]:
     """``η_c`` (1%) and every context's η_i search (5%) (SPEC §5 A2), replayed from the store."""
-    return _memo(campaign, "critical", lambda: search.critical(campaign, prefetch))
+    return _memo(campaign, "critical", lambda: critical.critical(campaign, prefetch))
 
 
 def critical_lr_of(campaign, prefetch: search.Prefetch | None = None) -> laws.CriticalLR:

@@ -367,19 +367,16 @@ def _model_claim(cid: str, runs_of: Callable, rule: Callable, **fixed) -> tuple[
 def _operating(rule: Callable, claim: str) -> tuple[Callable, Callable]:
     """(read, judge) of C3′ / C6′: the C3 / C6 rule on the runs at η_H = 10 η_sat (SPEC §6 A4)."""
     def read(c: cmp.Campaign):
-        lr = cmp.operating_lr(c)
-        if lr is None:
-            eta_sat = cmp.reduced_field_of(c)[0]
-            return "η_sat(model) " + ("not measured (no saturation grid)" if eta_sat is None else
-                                      f"not bracketed: {eta_sat.text('η_sat')}")
-        return _by_context(cmp.operating_runs(c))
+        if cmp.operating_lr(c) is not None:
+            return _by_context(cmp.operating_runs(c))
+        eta_sat = cmp.reduced_field_of(c)[0]
+        why = "not measured (no saturation grid)" if eta_sat is None else f"not bracketed: {eta_sat.text('η_sat')}"
+        return not_testable(claim, c.model, f"η_sat(model) {why}: no η_H = {OPERATING_H:g} η_sat")
 
-    def judge(model: str, data, exact: bool) -> Verdict:
-        if isinstance(data, str):
-            return not_testable(claim, model, f"{data}: no η_H = 10 η_sat")
-        lr = data[0][1].meta["lr"] if data else float("nan")
+    def judge(model: str, pairs: Pairs, exact: bool) -> Verdict:
+        lr = pairs[0][1].meta["lr"] if pairs else float("nan")
         extra = {"p_values": exact, "where": f"η_H = {lr:.3g}"} if rule is c3_jumps_full else {}
-        verdict = rule(model, _items(data), claim=claim, **extra)
+        verdict = rule(model, _items(pairs), claim=claim, **extra)
         return dataclasses.replace(verdict, value=f"at η_H = {lr:.3g}: {verdict.value}",
                                    details={**verdict.details, "eta_h": lr})
     return read, judge
@@ -418,7 +415,7 @@ def _c11_judge(_, data: dict, exact: bool) -> Verdict:
 
 def _c12_read(zoo: Sequence[cmp.Campaign]):
     if len(zoo) < BURIAL_MIN_MODELS:   # do not pay for the laws of a claim that cannot be tested
-        return f"needs ≥{BURIAL_MIN_MODELS} models, have {len(zoo)}"
+        return not_testable("C12", "zoo", f"needs ≥{BURIAL_MIN_MODELS} models, have {len(zoo)}", len(zoo))
     out = {}
     for c in zoo:
         if c.plan.saturation:
@@ -429,8 +426,6 @@ def _c12_read(zoo: Sequence[cmp.Campaign]):
 
 
 def _c12_judge(_, data, exact: bool) -> Verdict:
-    if isinstance(data, str):
-        return not_testable("C12", "zoo", data)
     return c12_burial_laws({m: float(np.median([b for b, _ in _items(p)])) for m, (_, p) in data.items()},
                            {m: g for m, (g, _) in data.items()},
                            {m: _h([(c, e) for c, (_, e) in p if e is not None]) for m, (_, p) in data.items()},
@@ -441,12 +436,12 @@ def _c13_read(zoo: Sequence[cmp.Campaign]):
     searched = [c for c in zoo if c.plan.eta_c]
     if len(searched) < 2:   # nothing to predict: report the η_c that was measured
         measured = ", ".join(f"{c.model} {cmp.eta_c_text(cmp.critical_lr_of(c))}" for c in searched)
-        return (f"needs ≥2 models with a critical-LR search, have {len(searched)}"
-                + (f" ({measured})" if searched else ""))
+        return not_testable("C13", "zoo", f"needs ≥2 models with a critical-LR search, have {len(searched)}"
+                            + (f" ({measured})" if searched else ""), len(searched))
     blind = cmp.blind_predictions(searched)
     if len(blind.predictions) < 2:
-        return "needs ≥2 models with η_c and q; excluded: " + "; ".join(f"{m}: {why}"
-                                                                          for m, why in blind.excluded.items())
+        return not_testable("C13", "zoo", "needs ≥2 models with η_c and q; excluded: "
+                            + "; ".join(f"{m}: {why}" for m, why in blind.excluded.items()), len(blind.predictions))
     out = {}
     for p in blind.predictions:
         c = next(c for c in searched if c.model == p.model)
@@ -457,8 +452,6 @@ def _c13_read(zoo: Sequence[cmp.Campaign]):
 
 
 def _c13_judge(_, data, exact: bool) -> Verdict:
-    if isinstance(data, str):
-        return not_testable("C13", "zoo", data)
     q, eta_c = {}, {}
     for m, (_, pairs) in data.items():
         q_i = [v for v, _ in _items(pairs) if v is not None]
@@ -514,8 +507,10 @@ def evaluate(claim: Claim, subject) -> Verdict:
     """
     name = subject.model if claim.scope == "model" else "zoo"
     data = claim.read(subject)
+    if isinstance(data, Verdict):            # the reader found the claim untestable before reading runs
+        return data
     verdict = claim.judge(name, data, True)
-    empty = isinstance(data, str) or not data or (claim.scope == "zoo" and not all(p for _, p in data.values()))
+    empty = not data or (claim.scope == "zoo" and not all(p for _, p in data.values()))
     if not claim.resampled or empty:
         return verdict
     same, values = 0, {k: [] for k in _numbers(claim, verdict)}

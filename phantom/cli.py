@@ -375,7 +375,7 @@ def cmd_laws(args: argparse.Namespace) -> int:
         zoo.check_cache()
     store.RunStore().check()
     check_out(args.out)
-    bar = progress.Progress(0, "runs (grid; bisection runs come on top)")
+    bar = progress.Progress(0, "runs (grid; the adaptive runs of SPEC §5 A1–A2 come on top)")
     counting = progress.CountingStore(bar)
     campaigns = [campaign.Campaign.for_budget(m, args.budget, counting) for m in models]
     bar.total = sum(len(contexts.CONTEXTS) * (len(c.plan.full_lrs) + len(c.plan.lora_lrs)) for c in campaigns)
@@ -535,7 +535,7 @@ def _predict_rows(probes, rows, const, accuracy, steps: int) -> list[dict]:
         span = [eta / accuracy.factor, eta * accuracy.factor] if eta is not None and accuracy.factor else None
         results.append({"name": probe.label, "context": probe.context, "target": probe.target,
                         "competitor": probe.competitor, "g_gc": row["G_gc"], "burial": row["B"],
-                        "dz0": row["dz"], "r": row["r"], "p_g0": row["p_target"], "p_c0": row["p_competitor"],
+                        "phi0": row["phi"], "r": row["r"], "p_g0": row["p_target"], "p_c0": row["p_competitor"],
                         "eta_hat": eta, "eta_hat_range": span,
                         "reliable": accuracy.reliable if eta is not None else None, "unpredictable": why})
     return results
@@ -544,14 +544,14 @@ def _predict_rows(probes, rows, const, accuracy, steps: int) -> list[dict]:
 def _print_predictions(results, const, accuracy, steps: int) -> None:
     from . import predict
     width = max([8] + [len(printable(r["name"], 24)) for r in results])
-    head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Δz_0':>9}{'r':>11}{'η̂_c':>11}   measured range"
+    head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Φ_0':>10}{'r':>11}{'η̂_c':>11}   measured range"
     print(head)
     print("-" * len(head))
     for r in results:
         span = (f"   {r['eta_hat_range'][0]:.2g} – {r['eta_hat_range'][1]:.2g}" if r["eta_hat_range"] else
                 "   —" if r["eta_hat"] is None else "   unmeasured")
         flag = "  UNRELIABLE" if r["reliable"] is False else ""
-        print(f"{printable(r['name'], 24):<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['dz0']:>9.3f}"
+        print(f"{printable(r['name'], 24):<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['phi0']:>10.4f}"
               f"{_fmt(r['r'], '.4g'):>11}{_fmt(r['eta_hat'], '.3g'):>11}{span}{flag}")
     print()
     used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
@@ -560,7 +560,7 @@ def _print_predictions(results, const, accuracy, steps: int) -> None:
     verdict = ("" if accuracy.reliable is None else
                f"; {'within' if accuracy.reliable else 'UNRELIABLE: beyond'} ×{predict.UNRELIABLE_FACTOR:g}")
     print(f"{'accuracy':<12}{accuracy.source}" + (f": η̂/η_c off by {errors}{verdict}" if errors else ""))
-    print(f"{'η̂_c':<12}k · (−Δz_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip by step T")
+    print(f"{'η̂_c':<12}k · (−Φ_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip by step T")
     for r in results:
         if r["unpredictable"]:
             print(f"{printable(r['name'], 24):<12}unpredictable: {r['unpredictable']}")
@@ -709,9 +709,9 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(
         help="blind critical learning rate of your own probes, before any training",
         description="For each probe of a CSV (context,target,competitor[,name]) on a model: the pair\n"
-                    "overlap G_gc, the step-0 burial depth B, the logit gap Δz_0, the blind statistic\n"
-                    "r = ∇Δz · sign(−∇L) over every parameter (SPEC §5), and the blind critical LR\n"
-                    "η̂_c = k·(−Δz_0)/(T·r), with k the geometric mean of η_c/q over --k-models (the\n"
+                    "overlap G_gc, the step-0 burial depth B, the Born gap Φ_0, the blind statistic\n"
+                    "r = ∇Φ · sign(−∇L) over every parameter (SPEC §5 A3), and the blind critical LR\n"
+                    "η̂_c = k·(−Φ_0)/(T·r), with k the geometric mean of η_c/q over --k-models (the\n"
                     "standard zoo), each measured in the run store (read only; `phantom laws` measures\n"
                     "them; without them predict exits 1 with the cheapest remedy). Each η̂_c comes with\n"
                     "its measured range and is flagged UNRELIABLE when that is wider than ×2. A probe\n"
@@ -723,8 +723,8 @@ COMMANDS: dict[str, Command] = {
     "campaign": Command(
         help="compute a claims session's runs into the run store, here or on a Ray cluster",
         description="Computes every run-store entry a claims session reads: the orientations, the\n"
-                    "planned full-FT and LoRA runs, the bulk and blind statistics and the critical-LR\n"
-                    "bisection of each model under --budget. `pytest tests/claims` then reads a warm\n"
+                    "planned full-FT and LoRA runs, the bulk and blind statistics and the adaptive runs\n"
+                    "(SPEC §5 A1–A2, §6 A4) of each model under --budget. `pytest tests/claims` then reads a warm\n"
                     "store. --executor ray spreads the runs over a Ray cluster (README: Run on a\n"
                     "cluster); the entries, and so the verdicts, are those of the local executor.\n"
                     "Progress: one live line per model on a terminal, one line per finished model\n"

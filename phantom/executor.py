@@ -93,9 +93,9 @@ class Progress:
     """One model's progress, handed to the ``progress`` callback of :func:`compute`."""
 
     model: str
-    stage: str          # what runs now: "orientations", "runs", "η_c bisection", "done"
+    stage: str          # what runs now: "orientations", "runs", "adaptive runs", "done"
     done: int           # fine-tuning runs finished (computed or found in the store)
-    planned: int        # runs planned so far (each bisection probe adds its contexts)
+    planned: int        # runs planned so far (each adaptive step adds its runs)
     computed: int
     cached: int
     elapsed_s: float

@@ -254,7 +254,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation with average ranks for ties (``scipy.stats.spearmanr``).
 
     ±inf are allowed (a jump ratio can be infinite); NaN is refused. ``nan`` if ``n < 2`` or
-    either input is constant.
+    either input is constant. ρ of (half-)integer ranks is a ratio of integers, so scipy's
+    floating-point value is rounded to 12 decimals: a ρ of exactly 0.8 meets a 0.8 threshold
+    (scipy gives 0.7999999999999999 for it).
     """
     a, b = _paired(x, y, "x", "y")
     if np.isnan(a).any() or np.isnan(b).any():
@@ -262,7 +264,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     ra, rb = stats.rankdata(a), stats.rankdata(b)       # inf-safe ranks; spearmanr = Pearson of ranks
-    return float(min(1.0, max(-1.0, stats.spearmanr(ra, rb).statistic)))
+    return float(min(1.0, max(-1.0, round(float(stats.spearmanr(ra, rb).statistic), 12))))
 
 
 def permutation_p(x: Sequence[float], y: Sequence[float]) -> float:

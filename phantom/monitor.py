@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import contexts, geometry, transitions
+from . import contexts, dynamics, geometry, transitions
 from .files import write_atomic
 from .protocol import STEPS
 
@@ -49,7 +49,7 @@ SERIES = {   # name in rows, logs and plots → meaning (README: glossary)
     "loss": "cross-entropy of the target at the context's last position",
     "G_gc": "cosine overlap of the two words' input embeddings (first observation)",
     "B": "burial depth of the target at the first observation (SPEC §2)",
-    "r": "blind statistic ∇Δz·sign(−∇L) at the first observation (SPEC §5; blind=True only)",
+    "r": "blind statistic ∇Φ·sign(−∇L) at the first observation (SPEC §5 A3; blind=True only)",
 }
 LIVE = ("phi", "S", "D", "p_target", "p_competitor", "rank_target", "rank_competitor", "dz", "loss")
 FIRST = ("G_gc", "B", "r")                                    # first observation only
@@ -268,12 +268,11 @@ class PhantomMonitor:
                "rank_target": int((z > z[g]).sum()) + 1, "rank_competitor": int((z > z[c]).sum()) + 1,
                "dz": float(z[g] - z[c]), "loss": float(F.cross_entropy(z[None], torch.tensor([g], device=z.device)))}
         if first:
-            from .predict import step_zero_r
             g_gc = geometry.pair_overlap(psi, g, c)
             self._g_gc[probe.label] = g_gc
             xi = geometry.localisation_length(geometry.purity(p, psi))
             row.update(G_gc=g_gc, B=geometry.burial_depth(xi, g_gc),
-                       r=step_zero_r(model, ids[None].to(z.device), g, c) if self.blind else None)
+                       r=_blind_r(model, ids[None].to(z.device), g, c) if self.blind else None)
         return row
 
     def observe(self, model, step: int) -> list[dict]:
@@ -413,6 +412,14 @@ class PhantomMonitor:
         return json_path, png_path
 
 
+def _blind_r(model, ids: torch.Tensor, g: int, c: int) -> float | None:
+    """``r = ∇_θΦ·sign(−∇_θL)`` over the model's trainable parameters (SPEC §5 A3), None if none."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return None
+    with torch.enable_grad():
+        return dynamics.step_zero_r(model, ids, g, c)[0]
+
+
 def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(<stem>.json, <stem>.png)`` of a report path ending in ``.json``, ``.png`` or nothing."""
     path = Path(path)
@@ -421,7 +428,7 @@ def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 _MOVED = {"PhantomCallback": "callback", "plot": "plots", "BlindConstant": "predict", "blind_constant": "predict",
-          "blind_lr": "predict", "NO_K": "predict", "step_zero_r": "predict"}
+          "blind_lr": "predict", "NO_K": "predict"}
 
 
 def __getattr__(name: str):

@@ -1,11 +1,11 @@
-"""A blind critical learning rate for a user's probe, before any training (SPEC §5).
+"""A blind critical learning rate for a user's probe, before any training (SPEC §5, A3).
 
-``η̂_c = k · (−Δz_0)/(T·r)``: ``r`` is the step-0 blind statistic of the probe on the model
-(:func:`step_zero_r`), ``k`` the geometric mean of ``η_c/q`` over a fixed set of measured
-models (:func:`blind_constant`, read from the run store, never computed). The estimate is
-made by :func:`estimate` alone (SPEC §5 amendment A3 will switch it from Δz to Φ there), and
-its accuracy comes from :func:`measured_accuracy` alone (today the leave-one-out errors of
-``k``'s models; the campaign layer's per-context accuracy will slot in there).
+``η̂_c = k · (−Φ_0)/(T·r)``: ``r = ∇_θΦ·sign(−∇_θL)`` is the step-0 blind statistic of the
+probe on the model (:func:`phantom.dynamics.step_zero_r`), ``k`` the geometric mean of
+``η_c/q`` over a fixed set of measured models (:func:`blind_constant`, read from the run
+store, never computed). The estimate is made by :func:`estimate` alone; its accuracy comes
+from :func:`measured_accuracy` alone: the predictor's per-context errors measured on ``k``'s
+models, each context predicted with ``k`` from the other models (SPEC §5 A3).
 """
 from __future__ import annotations
 
@@ -13,36 +13,17 @@ import importlib.util
 import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from . import campaign, contexts, laws, zoo
-from .protocol import CRITICAL_RTOL, EXTENDED_GRID, FULL_GRID, LORA_GRID, STEPS
+from .protocol import EXTENDED_GRID, FULL_GRID, LORA_GRID, STEPS
 from .store import NotStored, RunStore
 
 NO_K = "no k: not every model of --k-models has η_c and q in the run store"
 UNRELIABLE_FACTOR = 2.0     # η̂_c is "unreliable" when a leave-one-out η̂/η_c is off by more than ×2
 # Approximate parameter counts of the offline zoo (for time estimates before a model is loaded).
 OFFLINE_PARAMS = {"smollm2-135m": 134.5e6, "gemma3-270m": 268.1e6, "qwen2.5-0.5b": 494.0e6}
-BISECTION_PROBES = math.ceil(math.log2(math.log(10) / CRITICAL_RTOL))   # ≈ LRs the η_c bisection adds
-
-
-def step_zero_r(model, ids: torch.Tensor, g: int, c: int) -> float | None:
-    """``r = ∇_θΔz · sign(−∇_θL)`` over the model's trainable parameters (SPEC §5 blind predictor).
-
-    ``L`` is the cross-entropy of ``g`` at the last position of ``ids`` (1, n). Gradients come
-    from :func:`torch.autograd.grad`, so no ``.grad`` is touched. None if nothing is trainable.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        return None
-    with torch.enable_grad():
-        z = model(ids, logits_to_keep=1).logits[0, -1]
-        loss = F.cross_entropy(z[None].float(), torch.tensor([g], device=z.device))
-        grad_loss = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        grad_dz = torch.autograd.grad(z[g] - z[c], params, allow_unused=True)
-    return math.fsum(float((gd.double() * torch.sign(-gl).double()).sum())
-                     for gd, gl in zip(grad_dz, grad_loss) if gd is not None and gl is not None)
+SEARCH_PROBES = 3   # ≈ probe runs per context of the η_i search (straddles of the response curve, SPEC §5 A2)
 
 
 def _never_load(name: str):
@@ -66,6 +47,9 @@ class BlindConstant:
         Every other model, with the reason.
     loo : dict of str to (η̂_c, η_c)
         Leave-one-out prediction of each model's ``η_c`` from the others (SPEC §5, C13), with ≥ 2.
+    contexts : dict of str to float
+        ``ln(η̂_i / η_i)`` of every context of those models, ``"model/context"`` → value, each
+        predicted with ``k`` from the other models (SPEC §5 A3), with ≥ 2.
     """
 
     models: tuple
@@ -73,6 +57,7 @@ class BlindConstant:
     ratios: dict
     missing: dict
     loo: dict
+    contexts: dict
 
 
 def blind_constant(models, store=None) -> BlindConstant:
@@ -83,27 +68,31 @@ def blind_constant(models, store=None) -> BlindConstant:
     entries (or whose offline cache entry, which names its weights) are absent is in ``missing``.
     """
     store = store or RunStore()
-    ratios, missing = {}, {}
+    ratios, missing, measured = {}, {}, []
     for m in models:
         if m in zoo.OFFLINE and not (zoo.cache_root() / "models" / m / zoo.MANIFEST).exists():
             missing[m] = "not measured: never loaded on this machine (no model cache entry)"
             continue
         c = campaign.Campaign(m, campaign.Plan(), store=RunStore(store.root, read_only=True), loader=_never_load)
         try:
-            q, eta_c = campaign.blind_statistic(c).q, campaign.critical_lr_of(c).eta_c
+            q, eta_c = campaign.blind_statistic(c).q, campaign.critical_lr_of(c)
         except NotStored as err:
             missing[m] = f"not measured: {err}"
             continue
-        if q is None or eta_c is None:
-            missing[m] = "no context with r > 0 (no q)" if q is None else "η_c above the full-FT grid"
+        if q is None or not eta_c.converged:
+            missing[m] = "no context with r > 0 (no q)" if q is None else campaign.eta_c_text(eta_c)
             continue
-        ratios[m] = (eta_c, q)
+        ratios[m] = (eta_c.eta_c, q)
+        measured.append(c)
     qs = {m: q for m, (_, q) in ratios.items()}
     k = laws.blind_k(list(ratios), qs, lambda m: ratios[m][0]) if ratios and not missing else None
-    loo = {}
+    loo, per_context = {}, {}
     if k is not None and len(ratios) >= 2:
-        loo = {p.model: (p.eta_hat, p.eta_c) for p in laws.leave_one_out(qs, lambda m: ratios[m][0])}
-    return BlindConstant(tuple(models), k, ratios, missing, loo)
+        blind = campaign.blind_predictions(measured)
+        loo = {p.model: (p.eta_hat, p.eta_c) for p in blind.predictions}
+        per_context = {f"{m}/{ctx}": v for m, check in blind.checks.items() if check is not None
+                       for ctx, v in check.log_ratio.items()}
+    return BlindConstant(tuple(models), k, ratios, missing, loo, per_context)
 
 
 @dataclass(frozen=True)
@@ -115,9 +104,10 @@ class Accuracy:
     source : str
         Where the errors were measured.
     log_errors : dict of str to float
-        ``|ln(η̂/η_c)|`` per held-out item (today: per model of ``k``).
+        ``|ln(η̂_i/η_i)|`` per held-out context (``"model/context"``) of ``k``'s models.
     factor : float or None
-        ``exp(max log error)``: ``η̂_c`` is given as ``[η̂/factor, η̂·factor]``; None when unmeasured.
+        ``exp(90th percentile of the log errors)``: ``η̂_c`` is given as ``[η̂/factor, η̂·factor]``,
+        the range that held 90% of the zoo's contexts; None when unmeasured.
     reliable : bool or None
         ``factor ≤ UNRELIABLE_FACTOR``; None when unmeasured.
     """
@@ -129,32 +119,33 @@ class Accuracy:
 
 
 def measured_accuracy(const: BlindConstant) -> Accuracy:
-    """The predictor's measured accuracy: leave-one-out over ``k``'s models until the campaign
-    layer measures it per context (SPEC §5 amendment A3)."""
-    errors = {m: abs(math.log(eta_hat / eta_c)) for m, (eta_hat, eta_c) in const.loo.items()}
+    """The predictor's accuracy measured context by context on ``k``'s models (SPEC §5 A3)."""
+    errors = {item: abs(v) for item, v in const.contexts.items()}
     if not errors:
-        return Accuracy("unmeasured: leave-one-out needs k over ≥ 2 models", {}, None, None)
-    factor = math.exp(max(errors.values()))
-    return Accuracy(f"leave-one-out over {', '.join(errors)}", errors, factor, factor <= UNRELIABLE_FACTOR)
+        return Accuracy("unmeasured: the per-context check needs k over ≥ 2 models", {}, None, None)
+    factor = math.exp(float(np.percentile(list(errors.values()), 90)))
+    models = sorted({item.split("/")[0] for item in errors})
+    return Accuracy(f"90% of the {len(errors)} contexts of {', '.join(models)}, each predicted with k from the "
+                    "other models (SPEC §5 A3)", errors, factor, factor <= UNRELIABLE_FACTOR)
 
 
-def blind_lr(k: float | None, dz0: float, r: float | None, steps: int = STEPS) -> tuple[float | None, str | None]:
-    """``(η̂_c, None)`` with ``η̂_c = k · (−Δz_0)/(T·r)`` (SPEC §5), or ``(None, reason)``."""
+def blind_lr(k: float | None, phi0: float, r: float | None, steps: int = STEPS) -> tuple[float | None, str | None]:
+    """``(η̂_c, None)`` with ``η̂_c = k · (−Φ_0)/(T·r)`` (SPEC §5 A3), or ``(None, reason)``."""
     if r is None:
         return None, "r was not computed (no trainable parameter)"
     if r <= 0:
-        return None, (f"r = {r:.4g} ≤ 0: Adam's first step does not move Δz toward the target, so "
-                      f"(−Δz_0)/(T·r) is no learning rate (SPEC §5 excludes such contexts)")
-    if dz0 >= 0:
-        return None, f"Δz_0 = {dz0:.4g} ≥ 0: the target already leads its competitor in logit"
+        return None, (f"r = {r:.4g} ≤ 0: Adam's first step does not move Φ toward the target, so "
+                      f"(−Φ_0)/(T·r) is no learning rate (SPEC §5 excludes such contexts)")
+    if phi0 >= 0:
+        return None, f"Φ_0 = {phi0:.4g} ≥ 0: the target already leads its competitor in Born score"
     if k is None:
         return None, NO_K
-    return k * (-dz0) / (steps * r), None
+    return k * (-phi0) / (steps * r), None
 
 
 def estimate(k: float | None, row: dict, steps: int = STEPS) -> tuple[float | None, str | None]:
     """``η̂_c`` of a probe from its step-0 monitor row: the one place the predictor's formula is chosen."""
-    return blind_lr(k, row["dz"], row["r"], steps)
+    return blind_lr(k, row["phi"], row["r"], steps)
 
 
 def installed(model: str) -> bool:
@@ -172,12 +163,12 @@ def installed(model: str) -> bool:
 
 def measure_minutes(model: str) -> float | None:
     """Upper estimate of one thread's minutes of ``phantom laws --models <model>`` (its full-FT and
-    LoRA grids and the η_c bisection, every context run to T, at ``campaign.STEP_S_PER_PARAM``),
+    LoRA grids and the per-context critical-LR searches, every context run to T, at ``campaign.STEP_S_PER_PARAM``),
     None outside the offline zoo. Runs that stop at the Born flip make real times lower."""
     n = OFFLINE_PARAMS.get(model)
     if n is None:
         return None
-    lrs = len(FULL_GRID) + len(EXTENDED_GRID) + len(LORA_GRID) + BISECTION_PROBES
+    lrs = len(FULL_GRID) + len(EXTENDED_GRID) + len(LORA_GRID) + SEARCH_PROBES
     return campaign.STEP_S_PER_PARAM * n * STEPS * len(contexts.CONTEXTS) * lrs / 60
 
 

@@ -39,7 +39,7 @@ class Session:
     computed: int                          # distinct store entries computed in this session
     requested: int                         # distinct store entries the session asked for
     reductions: dict[str, Sequence[str]] = field(default_factory=dict)  # model → reductions
-    bisections: dict[str, str] = field(default_factory=dict)            # model → its η_c bisection's cost
+    bisections: dict[str, str] = field(default_factory=dict)            # model → its adaptive runs' cost (A1–A2)
     figures: dict[str, str] = field(default_factory=dict)               # caption → relative path
     history: Sequence[dict] = ()    # earlier sessions of this budget and zoo on this machine
     baseline: dict = field(default_factory=dict)   # "claim model" → [status, value] before SPEC §8

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import laws
-from .protocol import CONTEXT_RTOL, CRITICAL_RTOL
+from .protocol import CONTEXT_RTOL
 from .trajectory import Trajectory
 
 EXTEND_DECADES = 3    # η_i searched up to three decades beyond the LRs of the plan (not a SPEC value)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from phantom import search
+from phantom import critical, search
 from phantom.campaign import blind_statistic, bulk, critical_lr_of, operating_lr
 from phantom.protocol import CONTEXT_RTOL, CRITICAL_RTOL
 from phantom.trajectory import SERIES
@@ -24,7 +24,7 @@ def test_context(searched_context, claims):
         sat = search.saturation(camp, context)
         assert sat.estimate is None or sat.estimate.lo <= sat.estimate.hi
     if camp.plan.eta_c:
-        state = search.context_critical(camp, context)
+        state = critical.context_lr(camp, context)
         assert state.width() <= CONTEXT_RTOL or state.lo == 0.0 or math.isinf(state.hi) or not state.probes
 
 

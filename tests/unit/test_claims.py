@@ -4,6 +4,7 @@ Each ``c*`` function is fed hand-built :class:`Trajectory` objects whose SPEC §
 (jump, flip, silent failure, failure modes) are known exactly, and every status the
 function can return is checked against the pre-registered rule quoted in ``CLAIMS``.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -113,9 +114,12 @@ def test_not_testable_helper():
     assert (v.claim, v.model, v.status, v.value, v.n, v.details) == ("C3", "m", NOT_TESTABLE, "why", 2, {})
 
 
+SPEC_IDS = ["C1", "C2", "C3", "C3′", "C4", "C5", "C5b", "C6", "C6′", "C7", "C8", "C9", "C10", "C11", "C12", "C13"]
+
+
 def test_registry():
     ids = [c.id for c in claims.CLAIMS]
-    assert ids == ["C1", "C2", "C3", "C4", "C5", "C5b", "C6", "C7", "C8", "C9", "C10", "C11", "C12", "C13"]
+    assert ids == SPEC_IDS
     assert len(set(ids)) == len(ids) == len(claims.BY_ID)
     assert all(claims.BY_ID[c.id] is c for c in claims.CLAIMS)
     assert len({c.name for c in claims.CLAIMS}) == len(ids)
@@ -127,10 +131,10 @@ def test_registry():
 
 def test_zoo_claims_return_zoo_verdicts():
     assert claims.c7_failure_modes({"a": [silent()]}).model == "zoo"
-    assert claims.c9_h_consistency({"a": 10.0, "b": 10.1}).model == "zoo"
+    assert claims.c9_h_consistency({"a": number(10.0), "b": number(10.1)}).model == "zoo"
     assert claims.c11_lora_sufficiency({"a": "A", "b": "B"}, {"a": 0.1, "b": 0.9}).model == "zoo"
     assert claims.c12_burial_laws({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2, "c": 3},
-                                  {"a": 3, "b": 2, "c": 1}).model == "zoo"
+                                  numbers({"a": 3, "b": 2, "c": 1})).model == "zoo"
     assert claims.c13_blind_prediction([prediction("a", 0.01), prediction("b", 0.01)]).model == "zoo"
 
 
@@ -215,7 +219,10 @@ def test_c3_reproduced_high_gmax_jumps():
     v = claims.c3_jumps_full("m", [jumper(context="longing", g_max=0.9), smoother(context="purpose", g_max=0.3)])
     assert v.status == REPRODUCED and v.n == 2
     assert v.details["n_jump"] == 1 and v.details["spearman"] == pytest.approx(1.0)
-    assert v.value == "1/2 jump; ρ(G_max, J) = +1.00"
+    assert v.details["p"] == pytest.approx(1.0)            # n = 2: both orderings, two-sided
+    assert v.value == "1/2 jump; ρ(G_max, J) = +1.00 (p = 1)"
+    assert claims.c3_jumps_full("m", [jumper(context="longing", g_max=0.9), smoother(context="purpose", g_max=0.3)],
+                                p_values=False).details["p"] is None      # a bootstrap resample pays no p-value
     assert v.details["ratios"]["longing"] == pytest.approx(300.0)
 
 
@@ -476,31 +483,56 @@ def test_c8_not_testable_without_both_classes():
 
 # --- C9 H consistency (zoo) -------------------------------------------------------------
 
+def number(x):
+    return laws.Estimate.number(x)
+
+
+def numbers(d):
+    return {m: laws.Estimate.number(v) for m, v in d.items()}
+
+
 def test_c9_reproduced_and_not():
-    v = claims.c9_h_consistency({"a": 10.0, "b": 10.5})
+    v = claims.c9_h_consistency(numbers({"a": 10.0, "b": 10.5}))
     assert v.status == REPRODUCED and v.n == 2 and v.details["cv"] == pytest.approx(laws.cv([10.0, 10.5]))
-    assert v.value.startswith("CV = 3.4%; a H_FT=10, b H_FT=10.5")
-    v = claims.c9_h_consistency({"a": 5.0, "b": 10.0, "c": 15.0})
+    assert v.value.startswith("CV = 3.4%; a H_FT = 10, b H_FT = 10.5")
+    v = claims.c9_h_consistency(numbers({"a": 5.0, "b": 10.0, "c": 15.0}))
     assert v.status == NOT_REPRODUCED and v.details["cv"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("cv, status", [(0.0999, REPRODUCED), (0.1001, NOT_REPRODUCED)])
 def test_c9_near_boundary(cv, status):
     x = cv / math.sqrt(2)                       # CV of {1 + x, 1 − x} is √2·x
-    v = claims.c9_h_consistency({"a": 10 * (1 + x), "b": 10 * (1 - x)})
+    v = claims.c9_h_consistency(numbers({"a": 10 * (1 + x), "b": 10 * (1 - x)}))
     assert v.details["cv"] == pytest.approx(cv) and v.status == status
 
 
 @pytest.mark.parametrize("cv, status", [(0.10, REPRODUCED), (np.nextafter(0.10, 1.0), NOT_REPRODUCED)])
 def test_c9_exact_boundary(monkeypatch, cv, status):
-    monkeypatch.setattr(laws, "cv", lambda values: cv)
-    assert claims.c9_h_consistency({"a": 10.0, "b": 11.0}).status == status
+    monkeypatch.setattr(laws, "cv_range", lambda estimates: (cv, cv))
+    assert claims.c9_h_consistency(numbers({"a": 10.0, "b": 11.0})).status == status
 
 
-def test_c9_drops_missing_and_infinite_h():
-    v = claims.c9_h_consistency({"a": 10.0, "b": None, "c": math.inf, "d": 10.5, "e": math.nan})
-    assert v.status == REPRODUCED and v.n == 2 and "c H" not in v.value and "b H" not in v.value
-    v = claims.c9_h_consistency({"a": 10.0, "b": None, "c": math.inf})
+@pytest.mark.parametrize("h, status, text", [
+    # H_FT > 100 against 9.2: every compatible CV exceeds 10% → not reproduced, on the bound
+    ({"a": laws.Estimate.number(9.2), "b": laws.Estimate(100.0, math.inf)}, NOT_REPRODUCED, "CV ∈ [117.6%, 141.4%]"),
+    # H_FT ∈ [9, 11] against 10: every compatible CV ≤ 7.4% (at 9) → reproduced although a bound
+    ({"a": laws.Estimate.number(10.0), "b": laws.Estimate(9.0, 11.0)}, REPRODUCED, "CV ∈ [0.0%, 7.4%]"),
+    # H_FT ∈ [8, 11] against 10: CVs from 0 to 15.7% (at 8) → the bounds leave C9 open
+    ({"a": laws.Estimate.number(10.0), "b": laws.Estimate(8.0, 11.0)}, NOT_TESTABLE, "straddles 10%"),
+    # H_FT ∈ [10, 10.5] against 10: every compatible CV ≤ 10% → reproduced
+    ({"a": laws.Estimate.number(10.0), "b": laws.Estimate(10.0, 10.5)}, REPRODUCED, "CV ∈ [0.0%, 3.4%]"),
+])
+def test_c9_judges_every_cv_the_bounds_allow(h, status, text):
+    """SPEC §5 A1: reproduced only if the whole interval of CVs is ≤ 0.10, not reproduced only if all > 0.10."""
+    v = claims.c9_h_consistency(h)
+    assert v.status == status and text in v.value
+    assert "b H_FT" in v.value
+
+
+def test_c9_drops_missing_h():
+    v = claims.c9_h_consistency({"a": number(10.0), "b": None, "d": number(10.5)})
+    assert v.status == REPRODUCED and v.n == 2 and "b H" not in v.value
+    v = claims.c9_h_consistency({"a": number(10.0), "b": None})
     assert v.status == NOT_TESTABLE and v.n == 1 and v.value.startswith("needs ≥2 models with H_FT, have 1")
     assert claims.c9_h_consistency({}).status == NOT_TESTABLE
 
@@ -559,24 +591,39 @@ B3 = {"a": 1.0, "b": 2.0, "c": 3.0}
     ({"a": 0.01, "b": 0.01, "c": 0.01}, {"a": 12.0, "b": 11.0, "c": 10.0}, NOT_REPRODUCED),   # ρ_G nan
 ])
 def test_c12_signs(g2, h, status):
-    v = claims.c12_burial_laws(B3, g2, h)
+    v = claims.c12_burial_laws(B3, g2, numbers(h))
     assert v.status == status and v.n == 3
+
+
+def test_c12_bounds_enter_by_rank_only_when_they_fix_it():
+    g2 = {"a": 0.01, "b": 0.02, "c": 0.03}
+    fixed = {"a": number(9.0), "b": number(5.0), "c": laws.Estimate(0.0, 3.0)}      # c < 3 < 5 < 9
+    v = claims.c12_burial_laws(B3, g2, fixed)
+    assert v.status == REPRODUCED and v.details["rho_h"] == pytest.approx(-1.0)
+    open_ = {"a": number(9.0), "b": number(5.0), "c": laws.Estimate(0.0, 6.0)}       # c may be above b
+    v = claims.c12_burial_laws(B3, g2, open_)
+    assert v.status == NOT_TESTABLE and "ranking in H open" in v.value
+
+
+def test_c12_p_values_are_exact_permutation_p():
+    v = claims.c12_burial_laws(B3, {"a": 0.01, "b": 0.02, "c": 0.03}, numbers({"a": 12.0, "b": 11.0, "c": 10.0}))
+    assert v.details["p_g2mean"] == pytest.approx(1 / 3) and v.details["p_h"] == pytest.approx(1 / 3)
 
 
 def test_c12_magnitude_boundary():
     b = {m: float(i) for i, m in enumerate("abcde", 1)}
     g_08 = dict(zip("abcde", (2.0, 1.0, 4.0, 3.0, 5.0)))     # ρ = 0.8 exactly
     g_07 = dict(zip("abcde", (3.0, 1.0, 2.0, 4.0, 5.0)))     # ρ = 0.7
-    h_08 = {m: -v for m, v in g_08.items()}                  # ρ = −0.8 exactly
-    h_07 = {m: -v for m, v in g_07.items()}
-    v = claims.c12_burial_laws(b, g_08, h_08)
-    assert v.status == REPRODUCED and v.value == "ρ(B_FT, G²mean) = +0.80, ρ(B_FT, H) = -0.80"
-    assert claims.c12_burial_laws(b, g_07, h_08).status == NOT_REPRODUCED
-    assert claims.c12_burial_laws(b, g_08, h_07).status == NOT_REPRODUCED
+    h_08 = {m: 10 - v for m, v in g_08.items()}              # ρ = −0.8 exactly
+    h_07 = {m: 10 - v for m, v in g_07.items()}
+    v = claims.c12_burial_laws(b, g_08, numbers(h_08))
+    assert v.status == REPRODUCED and v.value == "ρ(B_FT, G²mean) = +0.80 (p = 0.13), ρ(B_FT, H) = -0.80 (p = 0.13)"
+    assert claims.c12_burial_laws(b, g_07, numbers(h_08)).status == NOT_REPRODUCED
+    assert claims.c12_burial_laws(b, g_08, numbers(h_07)).status == NOT_REPRODUCED
 
 
 def test_c12_not_testable_with_fewer_than_three_models():
-    v = claims.c12_burial_laws(B3, {"a": 0.01, "b": 0.02, "c": 0.03}, {"a": 12.0, "b": 11.0})  # c lacks H
+    v = claims.c12_burial_laws(B3, {"a": 0.01, "b": 0.02, "c": 0.03}, numbers({"a": 12.0, "b": 11.0}))  # c: no H
     assert v.status == NOT_TESTABLE and v.n == 2 and v.value == "needs ≥3 models, have 2"
     assert claims.c12_burial_laws({}, {}, {}).status == NOT_TESTABLE
 
@@ -608,11 +655,21 @@ def test_c13_not_testable_with_fewer_than_two_predictions():
 # --- the registry -----------------------------------------------------------------------------
 
 def test_registry_follows_the_spec_table():
-    assert [c.id for c in claims.CLAIMS] == ["C1", "C2", "C3", "C4", "C5", "C5b", "C6", "C7", "C8", "C9",
-                                             "C10", "C11", "C12", "C13"]
+    assert [c.id for c in claims.CLAIMS] == SPEC_IDS
     assert {c.id for c in claims.CLAIMS if c.scope == "zoo"} == {"C7", "C9", "C11", "C12", "C13"}
     assert all(c.scope in ("model", "zoo") and callable(c.check) for c in claims.CLAIMS)
     assert claims.BY_ID == {c.id: c for c in claims.CLAIMS}
+    assert {c.id for c in claims.CLAIMS if c.consistency} == {"C2", "C4"}            # SPEC §6 A5
+
+
+@pytest.mark.parametrize("cid", ["C2", "C5", "C5b", "C9", "C11", "C12", "C13"])
+def test_rule_text_reads_its_threshold_from_protocol(cid):
+    """A claim's rule text prints the protocol's threshold, never a second literal."""
+    from phantom import protocol
+    value = {"C2": protocol.DECOMPOSITION_TOL, "C5": protocol.C5_MIN_JUMPS, "C5b": protocol.SPEARMAN_LORA_MAX,
+             "C9": protocol.H_CV_MAX, "C11": protocol.SUFFICIENCY_SPLIT, "C12": protocol.BURIAL_RHO_MIN,
+             "C13": protocol.BLIND_REL_ERROR_MAX}[cid]
+    assert f"{value:g}" in claims.BY_ID[cid].rule
 
 
 class _NoRuns:
@@ -628,12 +685,13 @@ class _NoRuns:
 
 def test_c12_with_too_few_models_reads_nothing():
     v = claims.BY_ID["C12"].check([_NoRuns("a"), _NoRuns("b")])
+    assert v.stability is None
     assert (v.status, v.value, v.n) == (NOT_TESTABLE, "needs ≥3 models, have 2", 2)
 
 
 def test_c13_without_two_bisected_models_reads_nothing():
     v = claims.BY_ID["C13"].check([_NoRuns("a", eta_c=False), _NoRuns("b", eta_c=False)])
-    assert (v.status, v.value, v.n) == (NOT_TESTABLE, "needs ≥2 models with a critical-LR bisection, have 0", 0)
+    assert (v.status, v.value, v.n) == (NOT_TESTABLE, "needs ≥2 models with a critical-LR search, have 0", 0)
 
 
 def test_model_claims_read_their_campaign(monkeypatch):
@@ -646,14 +704,60 @@ def test_model_claims_read_their_campaign(monkeypatch):
             seen.append(name)
             return lambda *a, **k: []
 
-    verdicts = {c.id: c.check(Recorder()) for c in claims.CLAIMS if c.scope == "model" and c.id != "C10"}
+    ids = [c.id for c in claims.CLAIMS if c.scope == "model" and c.id not in ("C10", "C3′", "C6′")]
+    verdicts = {cid: claims.BY_ID[cid].check(Recorder()) for cid in ids}
     assert all(v.claim == cid and v.model == "m" for cid, v in verdicts.items())
     assert set(seen) == {"sweep", "all_runs", "reference", "lora_runs", "lora_reference"}
 
 
 def test_verdict_record_round_trips_and_rejects_garbage():
-    v = Verdict("C3", "m", REPRODUCED, "1/2 jump", 2, {"ratios": {"a": float("inf")}})
-    assert Verdict.from_dict(v.to_dict()) == v
+    v = Verdict("C3", "m", REPRODUCED, "1/2 jump", 2, {"ratios": {"a": float("inf")}}, 0.75,
+                {"n_jump": (0.0, 3.0)})
+    assert Verdict.from_dict(v.to_dict()) == v and v.fragile
     for bad in ({}, {"claim": "C3"}, {"claim": "C3", "model": "m", "status": "reproduced", "value": "", "n": None}):
         with pytest.raises(ValueError):
             Verdict.from_dict(bad)
+
+
+# --- the bootstrap of SPEC §6 A6 --------------------------------------------------------------
+
+class _Sweep:
+    """A campaign stand-in with one full-FT run per context: ``silent_in`` are silent failures."""
+
+    def __init__(self, silent_in=(), n=10):
+        self.model = "m"
+        self._runs = [silent(context=c) if c in silent_in else jumper(context=c) for c in CONTEXTS[:n]]
+
+    def sweep(self):
+        return self._runs
+
+
+def test_a_verdict_resting_on_one_context_is_fragile():
+    """C1 reproduced by one silent context of ten: a resample keeps it with probability 1 − 0.9¹⁰ ≈ 0.65."""
+    v = claims.BY_ID["C1"].check(_Sweep(silent_in=("longing",)))
+    assert v.status == REPRODUCED and v.fragile
+    assert v.stability == pytest.approx(1 - 0.9 ** 10, abs=0.05)     # B = 1000: ±3 standard errors
+    assert v.intervals["n_silent"] == (0.0, 3.0)
+
+
+def test_a_verdict_resting_on_every_context_is_stable():
+    v = claims.BY_ID["C1"].check(_Sweep(silent_in=CONTEXTS))
+    assert v.status == REPRODUCED and v.stability == 1.0 and not v.fragile
+    assert v.intervals["n_silent"] == (10.0, 10.0)
+
+
+def test_the_bootstrap_is_deterministic():
+    a, b = (claims.BY_ID["C1"].check(_Sweep(silent_in=("longing", "awful"))) for _ in range(2))
+    assert a == b and a.stability is not None
+
+
+def test_zoo_claims_resample_within_each_model(monkeypatch):
+    """C9: each model's η_sat median is recomputed from its own resampled contexts."""
+    per_model = {"a": [(c, laws.Estimate.number(1e-6 * (1 + 0.01 * i))) for i, c in enumerate(CONTEXTS)],
+                 "b": [(c, laws.Estimate.number(2e-6 * (1 + 0.01 * i))) for i, c in enumerate(CONTEXTS)]}
+    monkeypatch.setattr(claims, "_c9_read", lambda zoo: {m: (None, p) for m, p in per_model.items()})
+    claim = dataclasses.replace(claims.BY_ID["C9"], read=claims._c9_read)
+    v = claim.check([])
+    assert v.status == NOT_REPRODUCED and v.stability == 1.0     # H differs by ×2 in every resample
+    lo, hi = v.intervals["H_FT a"]
+    assert 20 / 1.1 < lo <= hi < 20.0 + 1e-9

@@ -96,7 +96,8 @@ def test_cli_laws_counts_the_planned_grid_runs(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(campaign, "laws_table", table)
-    monkeypatch.setattr(campaign, "saturation_responses", lambda c: {})   # the plots' runs: not this test's
+    monkeypatch.setattr(campaign, "saturations", lambda c: {})            # the plots' runs: not this test's
+    monkeypatch.setattr(campaign, "context_points", lambda cs: {})
     monkeypatch.setattr(sys, "stderr", Tty())
     assert cli.main(["laws", "--models", model, "--out", str(tmp_path / "out")]) == 0
     total = len(contexts.CONTEXTS) * (len(seen[0].full_lrs) + len(seen[0].lora_lrs))

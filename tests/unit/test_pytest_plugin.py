@@ -84,7 +84,8 @@ def test_ids_are_claim_and_model(inner, tiny):
     run, _ = inner
     result = run("--collect-only", "-q")
     ids = [line.split("[", 1)[1].rstrip("]") for line in result.stdout.lines if "test_claim[" in line]
-    assert ids == [f"{c.id}-{tiny if c.scope == 'model' else 'zoo'}" for c in registry.CLAIMS]
+    escaped = lambda cid: cid.encode("unicode_escape").decode()      # pytest's ids: C3′ → C3\u2032  # noqa: E731
+    assert ids == [f"{escaped(c.id)}-{tiny if c.scope == 'model' else 'zoo'}" for c in registry.CLAIMS]
 
 
 def test_an_incomplete_session_leaves_claims_md_untouched(inner):

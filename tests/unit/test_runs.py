@@ -25,7 +25,6 @@ import pytest
 import torch
 
 from phantom import contexts, dynamics, runs, store, zoo
-from phantom.campaign import Campaign, Plan
 from phantom.protocol import PROTOCOL_VERSION
 from phantom.store import RunStore
 from phantom.trajectory import SERIES, Trajectory
@@ -79,8 +78,8 @@ def test_code_sha256_covers_exactly_the_derived_sources(package, kind):
 def test_sources_are_the_transitive_imports_of_the_computing_module():
     assert runs.sources("trajectory") == ("contexts", "dynamics", "geometry", "heap", "protocol", "runs",
                                           "trajectory")
-    assert {"critical", "laws", "campaign"} <= set(runs.sources("critical_lrs"))
-    assert set(runs.sources("trajectory")) <= set(runs.sources("critical_lrs"))   # η_i is read from runs
+    assert {"critical", "search", "laws"} <= set(runs.sources("critical_lrs"))   # the η_i search's code
+    assert "dynamics" not in runs.sources("critical_lrs")     # the runs it reads carry keys of their own
     assert "store" not in runs.sources("trajectory") and "zoo" not in runs.sources("trajectory")
 
 
@@ -91,8 +90,8 @@ def test_moving_a_function_to_a_new_module_changes_the_key(package):
     text = dynamics.read_text()
     body = text[text.index("def lora_targets("):text.index("def _real(")]
     (package / "targets.py").write_text("from .protocol import STEPS  # noqa: F401\n\n\n" + body)
-    dynamics.write_text(text.replace(body, "").replace("from . import geometry, heap",
-                                                      "from . import geometry, heap\nfrom .targets import lora_targets"))
+    imports = "from . import geometry, heap"
+    dynamics.write_text(text.replace(body, "").replace(imports, imports + "\nfrom .targets import lora_targets"))
     assert "targets" in runs.sources("trajectory", package)
     moved = {kind: runs.code_sha256(kind, package=package) for kind in runs.ROOTS}
     assert all(moved[k] != before[k] for k in ("trajectory", "blind_r"))
@@ -275,21 +274,13 @@ def test_warm_store_answers_without_loading(cold, monkeypatch):
 
 
 @slow
-def test_stored_only_looks_up_and_never_computes(cold, smol, monkeypatch, tmp_path):
+def test_stored_only_looks_up_and_never_computes(cold, monkeypatch):
     monkeypatch.setattr(dynamics, "run", NoLoad())
     found = runs.trajectory(SMOL, CONTEXT, **BASE, store=RunStore(cold["root"]), loader=NoLoad(), stored_only=True)
     assert_same_trajectory(found, cold["traj"])
     other = {**BASE, "lr": 3e-4}
     assert runs.trajectory(SMOL, CONTEXT, **other, store=RunStore(cold["root"]), loader=NoLoad(),
                            stored_only=True) is None
-    camp = Campaign(SMOL, Plan(steps=BASE["steps"]), RunStore(cold["root"]), loader=NoLoad())
-    assert_same_trajectory(camp.stored("lora", BASE["lr"], CONTEXT), cold["traj"])   # any stop policy
-    assert camp.stored("lora", 3e-4, CONTEXT) is None
-    # a probe's own run (stop="born_flip") is not "another stop policy": a bisection reads it as a probe run
-    monkeypatch.undo()
-    copy = RunStore(shutil.copytree(cold["root"], tmp_path / "copy"))      # the module's store stays as it is
-    runs.trajectory(SMOL, CONTEXT, **other, stop="born_flip", store=copy, loader=lambda _: smol)
-    assert Campaign(SMOL, Plan(steps=BASE["steps"]), copy, loader=NoLoad()).stored("lora", 3e-4, CONTEXT) is None
 
 
 @slow
