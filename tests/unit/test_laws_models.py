@@ -2,7 +2,8 @@
 
 Every law except :func:`phantom.campaign.bulk` is fed by a fake campaign (the duck-typed
 interface of :class:`phantom.campaign.Campaign`: ``model``, ``plan``, ``store``, ``loader``,
-``usable``, ``orientations``, ``run``, ``runs``, ``reference``, ``lora_reference``) that
+``usable``, ``orientations``, ``memo``, ``device``, ``run``, ``runs``, ``reference``,
+``lora_reference``) that
 serves hand-built :class:`Trajectory` objects, so each law is checked against a value
 computed by hand from the synthetic data. Nothing is fine-tuned; the run store always lives
 under ``tmp_path`` (and ``$PHANTOM_RUNS`` points there too). ``bulk`` runs on a tiny local
@@ -11,22 +12,17 @@ Llama through a real Campaign.
 from __future__ import annotations
 
 import math
-import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tiny_models
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from phantom import campaign, contexts, dynamics, geometry, laws, runs, store, zoo
 from phantom.campaign import Campaign, ModelLaws, Plan
-from phantom.protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_REF
+from phantom.protocol import ETA_REF, LORA_REF, SAT_ABOVE, SAT_BELOW
 from phantom.trajectory import SERIES, Trajectory
-
-GRID = tuple(sorted(EXTENDED_GRID + FULL_GRID))   # the full-FT LRs that bracket η_c
 
 T = 30
 CONTEXTS = [c.id for c in contexts.CONTEXTS]
@@ -81,10 +77,7 @@ class FakeCampaign:
         self.orientations = {c: pair(c) for c in self.usable}
         self.make = make
         self.calls: list[tuple] = []
-        self.held: dict[tuple, Trajectory] = {}    # (mode, lr, context) → a run "the store holds"
-
-    def stored(self, mode, lr, context):
-        return self.held.get((mode, lr, context))
+        self.memo: dict = {}
 
     def run(self, mode, lr, context, stop=None):
         assert context in self.usable
@@ -138,84 +131,115 @@ class World:
         return traj([PHI0, mid, PHI0 + r], context=context, lr=lr, stop=stop, burial0=BURIAL0[context])
 
 
-# --- saturation -------------------------------------------------------------------------
+# --- saturation (A1) ------------------------------------------------------------------------
 
 SAT_DIVERGED = ({(CONTEXTS[0], 5e-5)}                                  # one diverged: 7 points
                 | {(CONTEXTS[1], lr) for lr in SAT_GRID[2:]}           # 2 completed: no fit
-                | {(CONTEXTS[2], lr) for lr in SAT_GRID[3:]})          # exactly 3 completed: a fit
+                | {(CONTEXTS[2], lr) for lr in SAT_GRID[3:] + SAT_ABOVE})   # 3 completed: a fit, a bound
 
 
-def test_saturation_fits_recover_eta_sat(tmp_path):
+def expected_added(eta_sat, grid=SAT_GRID):
+    """A1 by hand: SAT_BELOW steps until two LRs lie below η_sat, then SAT_ABOVE until two lie above."""
+    etas, added = list(grid), []
+    for steps, side in ((SAT_BELOW, lambda e: e < eta_sat), (SAT_ABOVE, lambda e: e > eta_sat)):
+        for s in steps:
+            if sum(map(side, etas)) >= 2:
+                break
+            etas.append(s)
+            added.append(s)
+    return tuple(added)
+
+
+def test_saturations_extend_each_context_to_a_bracket(tmp_path):
+    camp = FakeCampaign(tmp_path / "runs", World())
+    sats = campaign.saturations(camp)
+    assert list(sats) == CONTEXTS
+    assert sats[CONTEXTS[0]].added == (1e-7,) and sats[CONTEXTS[9]].added == (1e-4,)   # η_sat 4e-7, 3e-5
+    for context, s in sats.items():
+        assert s.added == expected_added(ETA_SAT[context]), context
+        assert s.estimate.value == pytest.approx(ETA_SAT[context], rel=1e-6), context
+        assert s.fit.r_inf == pytest.approx(R_INF[context], rel=1e-6), context
+        assert s.fit.rel_residual < 1e-7
+    asked = {(mode, lr, c, stop) for mode, lr, c, stop in camp.calls}
+    assert asked == {("full", lr, c, None) for c in CONTEXTS for lr in SAT_GRID + sats[c].added}
+    n = len(camp.calls)
+    assert campaign.saturations(camp) is sats and len(camp.calls) == n        # memoised per campaign
+
+
+def test_saturations_leave_out_diverged_runs(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
-    fits = campaign.saturation_fits(camp)
-    assert list(fits) == [c for c in CONTEXTS if c != CONTEXTS[1]]
-    for context, fit in fits.items():
-        assert fit.eta_sat == pytest.approx(ETA_SAT[context], rel=1e-4), context
-        assert fit.r_inf == pytest.approx(R_INF[context], rel=1e-4), context
-        assert fit.residual < 1e-6
-    assert fits[CONTEXTS[0]].n == 7 and fits[CONTEXTS[2]].n == 3
-    assert all(fits[c].n == 8 for c in CONTEXTS[3:])
-    # exactly the saturation grid, full FT, with the plan's stop policy, for every usable context
-    assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in CONTEXTS for lr in SAT_GRID)
+    sats = campaign.saturations(camp)
+    assert sats[CONTEXTS[0]].etas == (1e-7,) + SAT_GRID[:-1]                # 5e-5 diverged, 1e-7 added
+    assert sats[CONTEXTS[0]].estimate.value == pytest.approx(ETA_SAT[CONTEXTS[0]], rel=1e-6)
+    assert sats[CONTEXTS[1]].fit is None and sats[CONTEXTS[1]].estimate is None
+    assert sats[CONTEXTS[1]].etas == SAT_GRID[:2]
+    s2 = sats[CONTEXTS[2]]                                                    # η_sat ≈ 1.04e-6, 2e-7 … 1e-6 left
+    assert s2.etas == SAT_GRID[:3] and s2.fit.eta_sat == pytest.approx(ETA_SAT[CONTEXTS[2]], rel=1e-5)
+    assert s2.added == SAT_ABOVE                                              # tried, diverged: spent
+    assert s2.estimate == laws.Estimate(1e-6, math.inf)                       # above every LR left: a bound
 
 
-def test_saturation_responses_leave_out_diverged_runs(tmp_path):
-    camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
-    responses = campaign.saturation_responses(camp)
-    assert list(responses) == CONTEXTS                                  # every usable context, fitted or not
-    for context, (etas, resp) in responses.items():
-        expected = [lr for lr in SAT_GRID if (context, lr) not in SAT_DIVERGED]
-        assert etas == expected, context
-        assert resp == pytest.approx([response(context, lr) for lr in expected], rel=1e-12, abs=1e-15)
-    assert len(responses[CONTEXTS[1]][0]) == 2 and len(responses[CONTEXTS[2]][0]) == 3
-    assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in CONTEXTS for lr in SAT_GRID)
+def test_saturations_without_a_saturation_grid(tmp_path):
+    quick = Plan(sweep=(ETA_REF,), extended=(), eta_c=False)
+    camp = FakeCampaign(tmp_path / "runs", never_run, plan=quick)
+    assert campaign.saturations(camp) == {} and campaign.reduced_field_of(camp) == (None, None)
+    assert campaign.operating_lr(camp) is None and campaign.operating_runs(camp) == []
 
 
-def test_saturation_fits_of_given_responses_request_no_run(tmp_path):
-    responses = campaign.saturation_responses(FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED)))
-    idle = FakeCampaign(tmp_path / "runs", never_run)
-    fits = campaign.saturation_fits(idle, responses)
-    assert fits == campaign.saturation_fits(FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED)))
-    assert CONTEXTS[1] not in fits and idle.calls == []
-    # only the responses are fitted: one context, three points of an exact curve
-    etas = [1e-6, 3e-6, 1e-5]
-    (fit,) = campaign.saturation_fits(idle, {"x": (etas, [0.7 * -math.expm1(-e / 2e-6) for e in etas])}).values()
-    assert fit.eta_sat == pytest.approx(2e-6, rel=1e-4) and fit.r_inf == pytest.approx(0.7, rel=1e-4)
-
-
-def test_saturation_fits_use_the_plan_grid_and_usable_contexts(tmp_path):
-    plan = Plan(sweep=(1e-6, 1e-5, 5e-5), extended=(1e-7,))
-    usable = CONTEXTS[3:7]
-    camp = FakeCampaign(tmp_path / "runs", World(), plan=plan, usable=usable)
-    fits = campaign.saturation_fits(camp)
-    assert list(fits) == usable
-    assert sorted(camp.calls) == sorted(("full", lr, c, None) for c in usable for lr in (1e-7, 1e-6, 1e-5, 5e-5))
-    for context, fit in fits.items():
-        assert fit.n == 4 and fit.eta_sat == pytest.approx(ETA_SAT[context], rel=1e-4)
-
-
-def test_reduced_field_of(tmp_path):
+def test_reduced_field_of_carries_a_bound_through_the_median(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World(diverged=SAT_DIVERGED))
     eta_sat, h = campaign.reduced_field_of(camp)
-    fitted = sorted(ETA_SAT[c] for c in CONTEXTS if c != CONTEXTS[1])   # 9 contexts: the 5th
-    assert eta_sat == pytest.approx(fitted[4], rel=1e-4)
-    assert h == pytest.approx(2e-5 / fitted[4], rel=1e-4)
-    assert h == pytest.approx(ETA_REF / eta_sat, rel=1e-12)
+    # contexts 0, 3…9 are 8 numbers, context 2 is η_sat > 1e-6, context 1 has no fit: 9 estimates.
+    # The median of the 9 is the 4th number when context 2's η_sat is small, the 5th when it is large.
+    values = sorted(ETA_SAT[c] for c in CONTEXTS if c not in CONTEXTS[1:3])
+    assert values[0] < 1e-6 < values[1]
+    assert isinstance(eta_sat, laws.Estimate) and eta_sat.value is None
+    assert (eta_sat.lo, eta_sat.hi) == pytest.approx((values[3], values[4]), rel=1e-6)
+    assert (h.lo, h.hi) == pytest.approx((ETA_REF / values[4], ETA_REF / values[3]), rel=1e-6)
+    assert campaign.operating_lr(camp) is None                # η_H needs η_sat as a number
+
+
+def test_reduced_field_of_is_a_number_when_bounds_sit_at_the_ends(tmp_path):
+    diverged = {(CONTEXTS[9], lr) for lr in SAT_GRID[6:]}     # η_sat 3e-5 > 1e-5: a lower bound, at the top end
+    camp = FakeCampaign(tmp_path / "runs", World(diverged=diverged | {(CONTEXTS[9], lr) for lr in SAT_ABOVE}))
+    assert campaign.saturations(camp)[CONTEXTS[9]].estimate == laws.Estimate(1e-5, math.inf)
+    eta_sat, h = campaign.reduced_field_of(camp)
+    values = sorted(ETA_SAT.values())
+    assert eta_sat.value == pytest.approx((values[4] + values[5]) / 2, rel=1e-6)
+    assert h.value == pytest.approx(ETA_REF / eta_sat.value, rel=1e-12)
 
 
 def test_reduced_field_of_even_count_takes_the_middle_mean(tmp_path):
     camp = FakeCampaign(tmp_path / "runs", World())
     eta_sat, h = campaign.reduced_field_of(camp)
     values = sorted(ETA_SAT.values())
-    assert eta_sat == pytest.approx((values[4] + values[5]) / 2, rel=1e-4)
-    assert h == pytest.approx(2e-5 / eta_sat, rel=1e-12)
+    assert eta_sat.value == pytest.approx((values[4] + values[5]) / 2, rel=1e-6)
+    assert h.value == pytest.approx(2e-5 / eta_sat.value, rel=1e-12)
 
 
-def test_reduced_field_of_without_any_fit(tmp_path):
-    diverged = {(c, lr) for c in CONTEXTS for lr in SAT_GRID[2:]}      # 2 completed points each
-    camp = FakeCampaign(tmp_path / "runs", World(diverged=diverged))
-    assert campaign.saturation_fits(camp) == {}
-    assert campaign.reduced_field_of(camp) == (None, None)
+def test_reduced_field_of_a_knee_below_the_extension_is_a_bound(tmp_path):
+    # η_sat = 4e-10 … 3e-8: contexts 0–3 (< 2e-9) and 4–5 (< 5e-9) keep fewer than two LRs below
+    camp = FakeCampaign(tmp_path / "runs", World(sat_scale=1e-3))
+    sats = campaign.saturations(camp)
+    assert [sats[c].estimate.hi for c in CONTEXTS[:6]] == [2e-9] * 4 + [5e-9] * 2
+    assert all(sats[c].estimate.lo == 0.0 for c in CONTEXTS[:6])
+    assert all(sats[c].estimate.value is not None for c in CONTEXTS[6:])
+    eta_sat, h = campaign.reduced_field_of(camp)
+    assert eta_sat == laws.Estimate(0.0, 5e-9)                            # η_sat < 5e-9 …
+    assert h.lo == pytest.approx(4000.0, rel=1e-12) and h.hi == math.inf  # … H_FT > 4000
+    assert campaign.operating_lr(camp) is None
+    n = len(camp.calls)
+    assert campaign.operating_runs(camp) == [] and len(camp.calls) == n
+
+
+def test_operating_lr_is_ten_eta_sat_to_three_digits(tmp_path):
+    camp = FakeCampaign(tmp_path / "runs", World())
+    values = sorted(ETA_SAT.values())
+    eta_h = campaign.operating_lr(camp)
+    assert eta_h == float(f"{10 * (values[4] + values[5]) / 2:.3g}") == 3.56e-5
+    runs_h = campaign.operating_runs(camp)
+    assert [r.meta["context"] for r in runs_h] == CONTEXTS and all(r.meta["lr"] == eta_h for r in runs_h)
+    assert camp.calls[-10:] == [("full", eta_h, c, None) for c in CONTEXTS]
 
 
 # --- LoRA sufficiency and burial ----------------------------------------------------------
@@ -247,197 +271,91 @@ def test_burial_ft_is_the_median_step0_burial_of_the_reference_runs(tmp_path):
     assert campaign.burial_ft(odd) == pytest.approx(0.5, rel=1e-12)
 
 
-# --- flip fraction with early decision ----------------------------------------------------
+# --- critical LRs (A2) ---------------------------------------------------------------------
 
-def pattern_world(pattern):
-    """1: Born flip; 0: none; "d": diverged with a positive Φ (not a flip)."""
-    def make(mode, lr, context, stop):
-        p = pattern[CONTEXTS.index(context)]
-        phi = [-0.1, 0.2] if p in (1, "d") else [-0.1, -0.05]
-        return traj(phi, context=context, lr=lr, stop=stop, diverged_at=2 if p == "d" else None)
-    return make
-
-
-@pytest.mark.parametrize("pattern, n_runs, fraction", [
-    ([1] * 5 + [0] * 5, 5, 0.5),                    # 5 of 10 flip: decided ≥ ½ after 5 runs
-    ([0] * 6 + [1] * 4, 6, 0.0),                    # 6 misses: ≥ ½ impossible after 6 runs
-    ([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], 10, 0.4),      # the 6th miss comes last
-    ([1, 0] * 5, 9, 0.5),                           # 5th flip at the 9th run
-    ([0, 1] * 5, 10, 0.5),                          # 5th flip at the 10th run
-    (["d"] * 6 + [1] * 4, 6, 0.0),                  # diverged runs count as no flip
-    ([1, "d", 1, 1, 1, 1, 0, 0, 0, 0], 6, 0.5),
-    ([1] * 10, 5, 0.5),
-    ([0] * 10, 6, 0.0),
-])
-def test_flip_fraction_stops_once_decided(tmp_path, pattern, n_runs, fraction):
-    camp = FakeCampaign(tmp_path / "runs", pattern_world(pattern))
-    f = campaign.flip_fraction(camp, 3e-6)
-    assert f == pytest.approx(fraction)
-    assert (f >= 0.5) == (sum(p == 1 for p in pattern) >= 5)       # the decision is exact
-    assert camp.calls == [("full", 3e-6, c, "born_flip") for c in CONTEXTS[:n_runs]]
-
-
-@pytest.mark.parametrize("pattern, n_runs, fraction", [
-    ([1] * 5 + [0] * 4, 5, 5 / 9),                  # 9 contexts: need 5
-    ([1] * 4 + [0] * 5, 9, 4 / 9),                  # 4 of 9 < ½: needs every run
-    ([0] * 5 + [1] * 4, 5, 0.0),
-    ([1], 1, 1.0),
-    ([0], 1, 0.0),
-])
-def test_flip_fraction_odd_counts(tmp_path, pattern, n_runs, fraction):
-    usable = CONTEXTS[:len(pattern)]
-    camp = FakeCampaign(tmp_path / "runs", pattern_world(pattern + [0] * (10 - len(pattern))), usable=usable)
-    f = campaign.flip_fraction(camp, 3e-6)
-    assert f == pytest.approx(fraction)
-    assert (f >= 0.5) == (2 * sum(pattern) >= len(pattern))
-    assert camp.calls == [("full", 3e-6, c, "born_flip") for c in usable[:n_runs]]
-
-
-# --- critical LR --------------------------------------------------------------------------
-
-def test_critical_lr_of_brackets_the_threshold(tmp_path, fake_weights):
+def test_critical_lrs_bracket_every_context_and_eta_c(tmp_path, fake_weights):
     theta = 7.3e-6                                          # between sweep LRs 5e-6 and 1e-5
-    camp = FakeCampaign(tmp_path / "runs", World(theta_star=theta))
-    res = campaign.critical_lr_of(camp)
-    assert theta <= res.eta_c <= theta * 1.01
-    assert res.converged
-    lo, hi = res.bracket
-    assert lo < theta <= hi and hi == res.eta_c and hi / lo - 1 <= 0.01
-    # the grid (extended + sweep) is read upwards until its first success (1e-5: 6 of 10)
-    scanned = (2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5)
-    assert res.probes[:6] == ((2e-7, 0.0), (5e-7, 0.0), (1e-6, 0.0), (2e-6, 0.0), (5e-6, 0.2), (1e-5, 0.6))
-    for eta, f in res.probes[6:]:
-        assert 5e-6 < eta < 1e-5 and (f >= 0.5) == (eta >= theta)
-    requested_grid = [(lr, c, stop) for mode, lr, c, stop in camp.calls if lr in GRID]
-    assert requested_grid == [(lr, c, None) for lr in scanned for c in CONTEXTS]
-    assert not any(lr in (2e-5, 5e-5) for _, lr, _, _ in camp.calls)
-    probes = [call for call in camp.calls if call[1] not in GRID]
-    assert probes and all(mode == "full" and stop == "born_flip" for mode, _, _, stop in probes)
-    assert {lr for _, lr, _, _ in probes} == {eta for eta, _ in res.probes[6:]}
-    # only the contexts open between 5e-6 and 1e-5 are ever probed (θ factors 0.7 … 1.2);
-    # the others are implied by their grid outcomes (monotonicity in η)
-    assert {c for _, _, c, _ in probes} <= set(CONTEXTS[2:6])
-    report = campaign.bisection_report(camp)
-    assert f"{len(probes)} probe runs" in report and f"held on all {60 + len(probes)} runs read" in report
-
-    again = FakeCampaign(tmp_path / "runs", never_run)        # same store: served from it
-    assert campaign.critical_lr_of(again) == res
-    assert again.calls == []
+    world = World(theta_star=theta)
+    camp = FakeCampaign(tmp_path / "runs", world)
+    result, states = campaign.critical_lrs(camp)
+    assert campaign.critical_lr_of(camp) is result
+    assert result.converged and theta <= result.eta_c <= theta * 1.01
+    lo, hi = result.bracket
+    assert lo < theta <= hi and hi == result.eta_c and hi / lo - 1 <= 0.01
+    eta_i = campaign.context_lrs(camp)
+    assert list(eta_i) == CONTEXTS
+    for c, e in eta_i.items():
+        assert world.theta[c] <= e.value <= world.theta[c] * 1.05 * (1 + 1e-9), c   # η_i to 5%
+        assert states[c].lo < world.theta[c]
+    assert sorted(e.value for e in eta_i.values())[4] == result.eta_c      # the 5th smallest of 10
+    assert campaign.eta_c_text(result) == f"η_c = {result.eta_c:.3g}"
+    n = len(camp.calls)
+    assert campaign.critical_lrs(camp) == (result, states) and len(camp.calls) == n     # memoised
+    again = FakeCampaign(tmp_path / "runs", never_run)                    # a warm store: nothing is read
+    assert campaign.critical_lr_of(again) == result and again.calls == []
 
 
-def exhaustive_critical_lr(theta: dict[str, float]) -> laws.CriticalLR:
-    """The bisection with every context run at every probe (no inference, no early stop)."""
-    return laws.critical_lr(lambda lr: float(np.mean([lr >= t for t in theta.values()])), GRID)
+def test_search_report_counts_the_adaptive_runs(tmp_path, fake_weights):
+    camp = FakeCampaign(tmp_path / "runs", World())
+    report = campaign.search_report(camp)
+    sats = campaign.saturations(camp)
+    result, states = campaign.critical_lrs(camp)
+    added = sum(len(s.added) for s in sats.values())
+    assert added == 2                                                     # 1e-7 (context 0), 1e-4 (context 9)
+    probes = sum(len(s.probes) for s in states.values())
+    steps = sum(s.steps for s in states.values())
+    read = sum(len(s.seen) for s in states.values())
+    assert probes > 0 and steps == 2 * probes
+    assert report == (f"η_c = {result.eta_c:.3g}; saturation grid extended by 2 run(s), 0 of 10 contexts unbracketed "
+                      f"(a bound); η_i of 10 contexts: {probes} probe runs, {steps} steps; "
+                      f"monotonicity in η held on all {read} runs read")
 
 
-class Thresholds:
-    """``make``: context c Born-flips iff lr ≥ θ_c (monotone in η)."""
-
-    def __init__(self, theta):
-        self.theta = theta
-
-    def __call__(self, mode, lr, context, stop):
-        return traj([PHI0, 0.1 if lr >= self.theta[context] else PHI0], context=context, lr=lr, stop=stop)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.floats(1e-7, 1e-4), min_size=10, max_size=10))
-def test_bisection_with_inference_finds_the_exhaustive_eta_c(fake_weights, thresholds):
-    """Implied outcomes, stored runs and the deciding order change the cost, never η_c."""
-    theta = dict(zip(CONTEXTS, thresholds))
-    with tempfile.TemporaryDirectory() as root:
-        camp = FakeCampaign(root, Thresholds(theta))
-        res = campaign.critical_lr_of(camp)
-        cost = campaign.bisection_report(camp)
-    expected = exhaustive_critical_lr(theta)
-    assert (res.eta_c, res.bracket, res.converged) == (expected.eta_c, expected.bracket, expected.converged)
-    assert [eta for eta, _ in res.probes] == [eta for eta, _ in expected.probes]
-    assert [f >= 0.5 for _, f in res.probes] == [f >= 0.5 for _, f in expected.probes]
-    assert "held on all" in cost
-    scanned = [eta for eta, _ in res.probes if eta in GRID]
-    for _, lr, c, _ in camp.calls:
-        if lr not in GRID:      # a probe runs only contexts the scanned grid leaves open at lr
-            assert not any(theta[c] <= g <= lr for g in scanned), (c, lr)      # flipped lower
-            assert not any(lr <= g < theta[c] for g in scanned), (c, lr)       # missed higher
-
-
-def test_bisection_reads_stored_runs_instead_of_running_them(tmp_path, fake_weights):
-    first = FakeCampaign(tmp_path / "a", World())
-    res = campaign.critical_lr_of(first)
-    made = [call for call in first.calls if call[1] not in GRID]
-    assert made
-    again = FakeCampaign(tmp_path / "b", World())             # another store, holding those runs
-    again.held = {(m, lr, c): World()(m, lr, c, stop) for m, lr, c, stop in made}
-    assert campaign.critical_lr_of(again) == res
-    assert not [call for call in again.calls if call[1] not in GRID]
-    assert f"{len(made)} read from stored runs" in campaign.bisection_report(again)
-
-
-def test_bisection_runs_the_likeliest_deciders_first(tmp_path, fake_weights):
-    # open between 5e-6 and 1e-5: θ = 6e-6, 7e-6, 8e-6, 9e-6; a probe at 5.1e-6 after a failing one
-    theta = dict(zip(CONTEXTS, [1e-7, 2e-7, 3e-7, 6e-6, 7e-6, 8e-6, 9e-6, 1e-3, 1e-3, 1e-3]))
-    camp = FakeCampaign(tmp_path / "runs", Thresholds(theta))
-    res = campaign.critical_lr_of(camp)
-    assert res.eta_c == exhaustive_critical_lr(theta).eta_c
-    probes = [(lr, c) for _, lr, c, _ in camp.calls if lr not in GRID]
-    first_lr = probes[0][0]                  # √(5e-6 · 1e-5) ≈ 7.07e-6: 3 + 4 open ≥ 5 expected to flip
-    assert [c for lr, c in probes if lr == first_lr][:2] == CONTEXTS[3:5]   # the likeliest flips first
-
-
-def test_bisection_reports_monotonicity_violations(tmp_path, fake_weights):
+def test_search_report_names_monotonicity_violations(tmp_path, fake_weights):
     world = World()
 
     def make(mode, lr, context, stop):                      # the last context flips at 2e-6 only
         if context == CONTEXTS[9] and lr == 2e-6:
-            return traj([PHI0, 0.1], context=context, lr=lr, stop=stop)
+            return traj([PHI0, 0.1, PHI0 + response(context, lr)], context=context, lr=lr, stop=stop)
         return world(mode, lr, context, stop)
 
     camp = FakeCampaign(tmp_path / "runs", make)
-    assert 7.3e-6 <= campaign.critical_lr_of(camp).eta_c <= 7.3e-6 * 1.01   # a contradicted context is run
-    report = campaign.bisection_report(camp)
-    assert "VIOLATED on" in report             # against every scanned and probed LR above 2e-6
+    # η_c reads η_i under monotonicity: context 9's η_i = 2e-6 makes the 4th context's (0.9 θ*) the 5th smallest
+    theta4 = 0.9 * 7.3e-6
+    assert theta4 <= campaign.critical_lr_of(camp).eta_c <= theta4 * 1.01
+    report = campaign.search_report(camp)
+    assert "monotonicity in η VIOLATED on" in report
     assert f"{CONTEXTS[9]} flips at 2e-06 but not at 5e-06" in report
+    assert campaign.context_lrs(camp)[CONTEXTS[9]].value == 2e-6
 
 
-def test_critical_lr_of_above_and_below_the_grid(tmp_path, fake_weights):
-    never = FakeCampaign(tmp_path / "runs", World(theta_star=1.0), model="never")   # no flip up to 5e-2
-    res = campaign.critical_lr_of(never)
-    assert res.eta_c is None and res.bracket is None and not res.converged
-    assert [eta for eta, _ in res.probes] == pytest.approx(list(GRID) + [5e-4, 5e-3, 5e-2])
-    assert campaign.eta_c_text(res) == "η_c > 0.05 (no LR probed flips half the contexts)"
-    assert campaign.critical_lr_of(FakeCampaign(tmp_path / "runs", never_run, model="never")) == res
-
-    above = FakeCampaign(tmp_path / "runs", World(theta_star=2e-4), model="above")  # a decade above
-    res = campaign.critical_lr_of(above)
-    assert res.converged and 2e-4 <= res.eta_c <= 2e-4 * 1.01 and 5e-5 * 0.99 < res.bracket[0]
-
-    below = FakeCampaign(tmp_path / "runs", World(theta_star=1e-7), model="below")  # 8 of 10 flip at 2e-7
-    res = campaign.critical_lr_of(below)
-    assert res.converged and 1e-7 <= res.eta_c <= 1e-7 * 1.01
-    assert res.probes[:2] == ((2e-7, 0.8), (pytest.approx(2e-8), 0.0))            # a decade down: none
-    assert {lr for _, lr, _, _ in below.calls if lr in GRID} == {2e-7}
-
-    always = FakeCampaign(tmp_path / "runs", World(theta_star=1e-12), model="always")
-    res = campaign.critical_lr_of(always)
-    assert res.eta_c == pytest.approx(2e-10) and res.bracket is None and not res.converged
-    assert campaign.eta_c_text(res) == "η_c ≤ 2e-10 (every LR probed flips half the contexts)"
+@pytest.mark.parametrize("result, text", [
+    (laws.CriticalLR(7.31e-6, (7.25e-6, 7.31e-6), True), "η_c = 7.31e-06"),
+    (laws.CriticalLR(None, (0.05, math.inf), False),
+     "η_c > 0.05 (fewer than half of the contexts flip at any LR searched)"),
+    (laws.CriticalLR(2e-10, (0.0, 2e-10), False), "η_c ≤ 2e-10 (half of the contexts flip at every LR searched)"),
+    (laws.CriticalLR(8e-6, (7e-6, 8e-6), False), "η_c ∈ (7e-06, 8e-06]"),
+], ids=["converged", "above", "below", "interval"])
+def test_eta_c_text(result, text):
+    assert campaign.eta_c_text(result) == text
 
 
-def test_critical_lr_of_cache_key_follows_the_contexts(tmp_path, fake_weights):
-    camp = FakeCampaign(tmp_path / "runs", World())
-    first = campaign.critical_lr_of(camp)
-    fewer = FakeCampaign(tmp_path / "runs", World(), usable=CONTEXTS[:8])
-    campaign.critical_lr_of(fewer)
-    assert fewer.calls                                  # another usable set: measured anew
-    looser = FakeCampaign(tmp_path / "runs", World())
-    assert campaign.critical_lr_of(looser, rtol=0.05) != first and looser.calls
+@pytest.mark.parametrize("theta_star, text", [
+    (1.0, "η_c > 0.05 (fewer than half of the contexts flip at any LR searched)"),
+    (1e-12, "η_c ≤ 2e-10 (half of the contexts flip at every LR searched)"),
+], ids=["above", "below"])
+def test_critical_lr_of_beyond_the_searched_range(tmp_path, fake_weights, theta_star, text):
+    camp = FakeCampaign(tmp_path / "runs", World(theta_star=theta_star))
+    result = campaign.critical_lr_of(camp)
+    assert not result.converged and campaign.eta_c_text(result) == text
+    assert all(e.value is None for e in campaign.context_lrs(camp).values())
 
 
-# --- blind statistic ------------------------------------------------------------------------
+# --- blind statistic (A3) -------------------------------------------------------------------
 
-BLIND = {  # context: (r, Δz_0); −Δz_0 / (30 r) over r > 0: 0.05, 0.04, 0.01, −0.01, 0.12 → median 0.04
+BLIND = {  # context: (r, Φ_0); −Φ_0 / (30 r) over r > 0: 0.05, 0.04, 0.01, 0.01, 0.12 → median 0.04
     "longing": (2.0, -3.0), "purpose": (-1.0, -5.0), "shame": (0.5, -0.6),
-    "tired": (4.0, -1.2), "awful": (1.0, 0.3), "scared": (0.25, -0.9),
+    "tired": (4.0, -1.2), "awful": (1.0, -0.3), "scared": (0.25, -0.9),
 }
 
 
@@ -447,8 +365,8 @@ def fake_blind_r(monkeypatch):
 
     def blind_r(loaded, context, p):
         calls.append((loaded, context, p))
-        r, dz0 = BLIND[context]
-        return {"r": r, "dz0": dz0}
+        r, phi0 = BLIND[context]
+        return {"r": r, "phi0": phi0}
 
     monkeypatch.setattr(dynamics, "blind_r", blind_r)
     return calls
@@ -467,6 +385,8 @@ def test_blind_statistic(tmp_path, fake_weights, fake_blind_r):
     bq = campaign.blind_statistic(camp)
     assert bq.q == pytest.approx(0.04, rel=1e-12)
     assert bq.used == ("longing", "shame", "tired", "awful", "scared") and bq.excluded == ("purpose",)
+    assert bq.per_context == {c: pytest.approx(-BLIND[c][1] / (T * BLIND[c][0]), rel=1e-12) for c in bq.used}
+    assert bq.per_context["awful"] == pytest.approx(0.01, rel=1e-12)
     assert [(ld, c, p) for ld, c, p in fake_blind_r] == [(loaded, c, camp.orientations[c]) for c in usable]
     assert set(loads) == {"fake-model"}
 
@@ -485,6 +405,13 @@ def test_blind_statistic_uses_the_plan_steps(tmp_path, fake_weights, fake_blind_
     camp = FakeCampaign(tmp_path / "runs", never_run, usable=list(BLIND), plan=Plan(steps=20),
                         loader=lambda name: None)
     assert campaign.blind_statistic(camp).q == pytest.approx(0.06, rel=1e-12)
+
+
+def test_blind_statistic_refuses_a_non_negative_phi0(tmp_path, fake_weights, monkeypatch):
+    monkeypatch.setattr(dynamics, "blind_r", lambda loaded, context, p: {"r": 1.0, "phi0": 0.2})
+    camp = FakeCampaign(tmp_path / "runs", never_run, usable=["longing"], loader=lambda name: None)
+    with pytest.raises(ValueError, match="'longing'"):
+        campaign.blind_statistic(camp)
 
 
 # --- bulk (tiny real model) --------------------------------------------------------------------
@@ -533,7 +460,7 @@ def table_world(tmp_path, fake_weights, monkeypatch):
     loaded: dict[str, SimpleNamespace] = {}
 
     def blind_r(ld, context, p):
-        return {"r": 1.0, "dz0": -T * ld.q}
+        return {"r": 1.0, "phi0": -T * ld.q}
 
     monkeypatch.setattr(dynamics, "blind_r", blind_r)
 
@@ -569,8 +496,8 @@ def test_laws_table_exact_blind_prediction(table_world):
     values = sorted(ETA_SAT.values())
     for row, camp, scale, flips in ((rows[0], a, 1.0, 3), (rows[1], b, 2.0, 6)):
         check_common(row, camp, flips)
-        assert row.eta_sat == pytest.approx(scale * (values[4] + values[5]) / 2, rel=1e-4)
-        assert row.h_ft == pytest.approx(2e-5 / row.eta_sat, rel=1e-12)
+        assert row.eta_sat.value == pytest.approx(scale * (values[4] + values[5]) / 2, rel=1e-6)
+        assert row.h_ft.value == pytest.approx(2e-5 / row.eta_sat.value, rel=1e-12)
         assert row.q == pytest.approx(eta_c[row.model] / K, rel=1e-12)
         assert row.eta_c == eta_c[row.model]
         assert row.eta_hat == pytest.approx(row.eta_c, rel=1e-9)
@@ -613,14 +540,14 @@ def test_laws_table_eta_c_without_a_bracket(table_world, theta_star):
     assert rows[1].eta_c == campaign.critical_lr_of(b).eta_c
     for row in rows:
         assert row.eta_hat is None and row.rel_error is None
-        assert row.eta_sat is not None and row.b_ft == pytest.approx(0.55)
+        assert row.eta_sat.value is not None and row.b_ft == pytest.approx(0.55)
 
 
 def test_blind_predictions_name_every_excluded_model(table_world, monkeypatch):
     make_campaign, set_q = table_world
     a = make_campaign("model-a", theta_star=7.3e-6)
     b = make_campaign("model-b", theta_star=2.6e-5)
-    no_bisection = make_campaign("model-c", plan=Plan(eta_c=False))
+    no_search = make_campaign("model-c", plan=Plan(eta_c=False))
     above = make_campaign("model-d", theta_star=1.0)                    # η_c above every LR probed
     for m in (a, b):
         set_q(m, campaign.critical_lr_of(m).eta_c / K)
@@ -634,24 +561,47 @@ def test_blind_predictions_name_every_excluded_model(table_world, monkeypatch):
         return {**out, "r": -1.0} if ld is no_r.loader("model-e") else out
 
     monkeypatch.setattr(dynamics, "blind_r", no_positive_r)
-    predictions, excluded = campaign.blind_predictions([a, no_bisection, above, b, no_r])
-    assert [p.model for p in predictions] == ["model-a", "model-b"]
-    for p in predictions:
-        assert p.eta_c == campaign.critical_lr_of(a if p.model == "model-a" else b).eta_c
+    blind = campaign.blind_predictions([a, no_search, above, b, no_r])
+    assert isinstance(blind, campaign.BlindResult)
+    assert [p.model for p in blind.predictions] == ["model-a", "model-b"]
+    by_model = {"model-a": a, "model-b": b}
+    for p in blind.predictions:
+        assert p.eta_c == campaign.critical_lr_of(by_model[p.model]).eta_c
+        assert p.k == pytest.approx(K, rel=1e-12)                            # the other model's η_c / q
         assert p.eta_hat == pytest.approx(p.eta_c, rel=1e-9) and p.rel_error == pytest.approx(0.0, abs=1e-9)
-    assert list(excluded) == ["model-c", "model-d", "model-e"]
-    assert excluded["model-c"] == "no critical-LR bisection in its plan"
-    assert excluded["model-d"] == "no bracket on η_c: η_c > 0.05 (no LR probed flips half the contexts)"
-    assert excluded["model-e"] == f"no context with r > 0 ({', '.join(CONTEXTS)})"
-    assert no_bisection.calls == []                                     # nothing measured for it
+    assert list(blind.excluded) == ["model-c", "model-d", "model-e"]
+    assert blind.excluded["model-c"] == "no critical-LR search in its plan"
+    assert blind.excluded["model-d"] == ("η_c not located: η_c > 0.05 (fewer than half of the contexts flip "
+                                         "at any LR searched)")
+    assert blind.excluded["model-e"] == f"no context with r > 0 ({', '.join(CONTEXTS)})"
+    assert no_search.calls == []                                        # nothing measured for it
+    # the per-context check: η̂_i = k q_i = η_c (every q_i = q here) against each context's η_i
+    assert list(blind.checks) == ["model-a", "model-b"]
+    for p in blind.predictions:
+        eta_i = {c: e.value for c, e in campaign.context_lrs(by_model[p.model]).items()}
+        check = blind.checks[p.model]
+        expected = {c: math.log(p.eta_c / v) for c, v in eta_i.items()}
+        assert check.n == 10 and check.log_ratio == pytest.approx(expected, rel=1e-9)
+        a_ = np.abs(list(expected.values()))
+        assert check.median == pytest.approx(float(np.median(a_)), rel=1e-9)
+        assert check.p90 == pytest.approx(float(np.percentile(a_, 90)), rel=1e-9)
+    points = campaign.context_points([a, no_search, above, b, no_r], blind)
+    assert list(points) == ["model-a", "model-b"]
+    for p in blind.predictions:
+        eta_i = campaign.context_lrs(by_model[p.model])
+        assert points[p.model] == [(c, eta_i[c].value, pytest.approx(p.eta_c, rel=1e-9)) for c in CONTEXTS]
 
 
 def test_blind_predictions_need_two_models(table_world):
     make_campaign, set_q = table_world
     a = make_campaign("model-a", theta_star=7.3e-6)
     set_q(a, 1e-6)
-    assert campaign.blind_predictions([a]) == ([], {})
-    assert campaign.blind_predictions([]) == ([], {})
+    assert campaign.blind_predictions([a]) == campaign.BlindResult([], {}, {})
+    assert campaign.blind_predictions([]) == campaign.BlindResult([], {}, {})
+    quick = make_campaign("model-q", plan=Plan(eta_c=False))
+    assert campaign.blind_predictions([a, quick]) == campaign.BlindResult(
+        [], {}, {"model-q": "no critical-LR search in its plan"})
+    assert campaign.context_points([a, quick]) == {}
 
 
 def test_laws_table_raises_on_an_invalid_q(table_world):
@@ -659,9 +609,9 @@ def test_laws_table_raises_on_an_invalid_q(table_world):
     make_campaign, set_q = table_world
     a = make_campaign("model-a", theta_star=7.3e-6)
     b = make_campaign("model-b", theta_star=2.6e-5)
-    set_q(a, -1e-6)                                      # −Δz_0 / (T r) < 0
+    set_q(a, -1e-6)                                      # Φ_0 = −T q > 0: an orientation error
     set_q(b, 1e-6)
-    with pytest.raises(ValueError, match="'model-a'"):
+    with pytest.raises(ValueError, match="Φ_0"):
         campaign.laws_table([a, b])
 
 
