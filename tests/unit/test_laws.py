@@ -384,9 +384,8 @@ def test_cv_range_upper_bounds_only_reach_sqrt_n_max():
     assert hi == pytest.approx(box_oracle(ests)[1], rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: laws.cv_range takes the max over corners with Python max(); the "
-                   "all-zero corner's CV is NaN and, coming first, makes the max NaN when every lo is 0")
 def test_cv_range_every_estimate_an_upper_bound():
+    """Regression: the all-zero corner has no CV (NaN); Python's max() kept it and C9 read CV ≤ NaN as a fail."""
     ests = [Estimate(0.0, 1.0), Estimate(0.0, 2.0)]
     lo, hi = cv_range(ests)
     assert lo == 0.0
