@@ -166,16 +166,20 @@ def test_saturation_with_fewer_than_three_completed_runs():
     assert s.etas == GRID[:2] and s.fit is None and s.estimate is None and s.added == ()
 
 
-def test_saturation_prefetches_every_run_before_reading_it():
-    asked: list[tuple] = []
+def test_saturation_prefetches_every_extension_run_before_reading_it():
+    """The plan's grid is planned (computed in bulk beforehand); each run the extension adds is prefetched."""
     camp = Fake(Saturating(6e-8))
+    asked: list[tuple] = []
+    read = camp.run
 
-    def prefetch(batch):
-        asked.extend(batch)
-        assert all(b[0] == "full" and b[2] == "c0" and b[3] == camp.plan.stop for b in batch)
+    def run(mode, lr, context, stop=None):
+        assert lr in GRID or (mode, lr, context, camp.plan.stop) in asked, lr
+        return read(mode, lr, context, stop)
 
-    search.saturation(camp, "c0", prefetch)
-    assert {(m, lr, c) for m, lr, c, _ in asked} >= set(camp.calls)
+    camp.run = run
+    s = search.saturation(camp, "c0", asked.extend)
+    assert s.added == (1e-7, 5e-8, 2e-8)
+    assert {lr for _, lr, _, _ in asked} >= set(s.added)
 
 
 def test_saturation_replays_from_the_store():
@@ -378,8 +382,16 @@ def test_critical_prefetches_the_runs_it_reads(tmp_path, fake_weights):
     theta = dict(zip(CONTEXTS[:3], [1e-6, 3e-6, 9e-6]))
     camp = stored(Crossing(theta, "saturating"), tmp_path, CONTEXTS[:3])
     asked: set = set()
+    read = camp.run
+
+    def run(mode, lr, context, stop=None):                 # every probe is prefetched before it is read
+        assert lr in GRID or (mode, lr, context) in asked, (lr, context)
+        return read(mode, lr, context, stop)
+
+    camp.run = run
     critical.critical(camp, prefetch=lambda batch: asked.update((m, lr, c) for m, lr, c, _ in batch))
-    assert asked >= set(camp.calls)
+    probes = {call for call in camp.calls if call[1] not in GRID}
+    assert len(probes) >= 3 and asked >= probes
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
