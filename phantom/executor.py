@@ -316,6 +316,7 @@ class _Tracker:
         self.model, self.report, self.lock = model, report, lock
         self.start, self.first = time.time(), None
         self.stage, self.planned, self.computed, self.cached = "orientations", 0, 0, 0
+        self.seen: set[str] = set()     # runs counted: a search replayed asks for its runs again
         self.send()
 
     def progress(self, finished: bool = False) -> Progress:
@@ -331,13 +332,17 @@ class _Tracker:
             with self.lock:
                 self.report(self.progress(finished))
 
-    def begin(self, stage: str, runs_planned: int = 0) -> None:
-        self.stage, self.planned = stage, self.planned + runs_planned
-        self.first = self.first or (time.time() if runs_planned else None)
+    def begin(self, stage: str, tasks: Sequence[Task] = ()) -> set[str]:
+        """Enter ``stage`` with ``tasks``; returns the runs among them not counted before."""
+        new = {str(t) for t in tasks if t.kind == "trajectory"} - self.seen
+        self.seen |= new
+        self.stage, self.planned = stage, self.planned + len(new)
+        self.first = self.first or (time.time() if new else None)
         self.send()
+        return new
 
-    def finished(self, done: Done) -> None:
-        if done.task.kind == "trajectory":
+    def finished(self, done: Done, counted: bool = True) -> None:
+        if done.task.kind == "trajectory" and counted:
             self.computed += done.computed
             self.cached += not done.computed
             self.send()
@@ -357,20 +362,16 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
     if executor.parallel:   # this process never fine-tunes: workers compute every entry
         c = cmp.Campaign(c.model, c.plan, c.store, loader=_refuse, device=c.device)
 
-    def run(tasks: list[Task]) -> None:
+    def run(stage: str, tasks: list[Task]) -> None:
+        new = track.begin(stage, tasks)      # a run asked for again (a search replayed) counts once
         for done in executor.run(c, tasks):
-            track.finished(done)
+            track.finished(done, counted=str(done.task) in new)
 
-    run([orientations_task(c)])
-    planned = [run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
-    track.begin("runs", len(planned))
-    run(planned + statistic_tasks(c))
+    run("orientations", [orientations_task(c)])
+    run("runs", [run_task(c, mode, lr, context) for mode, lr, context in c.planned()] + statistic_tasks(c))
     if c.plan.saturation or c.plan.eta_c:
-        track.begin("adaptive runs")
-
         def prefetch(specs: list[tuple[str, float, str, str]]) -> None:
-            track.begin("adaptive runs", len(specs))
-            run([run_task(c, *spec) for spec in specs])
+            run("adaptive runs", [run_task(c, *spec) for spec in specs])
 
         for context in c.usable:
             search.saturation(c, context, prefetch)

@@ -319,7 +319,7 @@ def cv_range(estimates: Sequence[Estimate]) -> tuple[float, float]:
     if np.all(lo == hi):
         return (cv(lo),) * 2
     corners = itertools.product(*[(a, b) if a != b else (a,) for a, b in zip(lo, hi)])
-    top = max(cv(np.array(c)) for c in corners)
+    top = float(np.nanmax([cv(np.array(c)) for c in corners]))   # the all-zero corner has no CV
     if lo.max() <= hi.min():                            # one value fits every box
         return 0.0, top
     clipped = lambda m: cv(np.clip(math.exp(m), lo, hi))   # noqa: E731

@@ -204,6 +204,8 @@ def plot_context_prediction(points: dict, eta_c: dict, path: str | os.PathLike) 
     ax = fig.subplots()
     every = [v for pts in points.values() for _, x, y in pts for v in (x, y)]
     for i, (model, pts) in enumerate(points.items()):
+        if not pts:
+            continue
         ax.plot([x for _, x, _ in pts], [y for _, _, y in pts], "o", color=f"C{i}", ms=5, label=model)
         if eta_c.get(model):
             ax.axvline(eta_c[model], color=f"C{i}", lw=1, ls=":")
@@ -211,8 +213,8 @@ def plot_context_prediction(points: dict, eta_c: dict, path: str | os.PathLike) 
         lo, hi = min(every) / 2, max(every) * 2
         ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", label="η̂_i = η_i")
         ax.legend(fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("measured η_i (dotted: the model's η_c)")
     ax.set_ylabel("blind prediction η̂_i = k q_i (k from the other models)")
     ax.set_title("critical LR per context, leave-one-out", fontsize=10)

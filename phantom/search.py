@@ -61,8 +61,6 @@ def saturation(campaign, context: str, prefetch: Prefetch | None = None) -> Satu
     """Fit the context's responses, extending its grid until ``η_sat`` is bracketed (SPEC §5 A1)."""
     tried = list(campaign.plan.saturation)
     while True:
-        if prefetch is not None:
-            prefetch([("full", lr, context, campaign.plan.stop) for lr in tried])
         done = {lr: r for lr in sorted(tried) if (r := response(campaign.run("full", lr, context))) is not None}
         etas, resp = tuple(done), tuple(done.values())
         if len(etas) < 3:
@@ -73,6 +71,8 @@ def saturation(campaign, context: str, prefetch: Prefetch | None = None) -> Satu
             return Saturation(context, etas, resp, fit, laws.saturation_estimate(etas, fit),
                               tuple(tried[len(campaign.plan.saturation):]))
         tried.append(nxt)
+        if prefetch is not None:                 # the plan's grid is computed before (its planned runs)
+            prefetch([("full", nxt, context, campaign.plan.stop)])
 
 
 # --- A2: per-context critical LRs ------------------------------------------------------------
@@ -154,15 +154,18 @@ def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT
                      prefetch: Prefetch | None = None) -> ContextCritical:
     """Locate the context's critical LR ``η_i`` to each precision of ``rtols`` in turn (SPEC §5 A2).
 
-    Starts from the context's saturation runs (the plan's grid and its A1 extension), then
+    Starts from the context's full-FT runs of the plan (its sweep, its saturation grid and
+    that grid's A1 extension), then
     extends a decade at a time (at most :data:`EXTEND_DECADES` beyond the grid) until the
     context flips at one LR and not at another, then narrows the bracket until
     ``hi / lo − 1 ≤ rtol``. Probes run under the plan's stop policy, so each records ``Φ_T``
     for the next placement. A search to ``(0.05, 0.01)`` first walks the exact path of a
-    search to ``(0.05,)``: the runs they share are made once.
+    search to ``(0.05,)``: the runs they share are made once. With ``prefetch``, the
+    context's saturation runs must be computed already (:func:`saturation` with it first).
     """
     state = ContextCritical(context)
-    for lr in sorted(set(campaign.plan.saturation) | set(saturation(campaign, context, prefetch).etas)):
+    plan = campaign.plan
+    for lr in sorted(set(plan.sweep) | set(plan.saturation) | set(saturation(campaign, context).etas)):
         state.add(campaign.run("full", lr, context))
     grid = (min(state.seen), max(state.seen))
     phi0 = float(campaign.run("full", max(state.seen), context)["phi"][0])

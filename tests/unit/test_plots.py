@@ -5,6 +5,7 @@ loaded or fine-tuned, and the run store (when one is needed) lives under ``tmp_p
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from pathlib import Path
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phantom import campaign, files, plots, transitions
-from phantom.campaign import ModelLaws, Plan
+from phantom import files, laws, plots, search, transitions
+from phantom.campaign import Plan
 from phantom.protocol import ETA_REF, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 
@@ -134,12 +135,12 @@ ETA_SAT = {"longing": 1e-6, "purpose": 5e-6, "shame": 2e-5}
 
 
 class SatCampaign:
-    """Just what saturation_responses reads; "shame" diverges at the top LR."""
+    """Just what search.saturation reads; "shame" diverges at the top LR."""
 
     model, plan, usable = "fake-model", Plan(), list(ETA_SAT)
 
     def run(self, mode, lr, context, stop=None):
-        assert mode == "full" and lr in self.plan.saturation and stop is None
+        assert mode == "full" and stop is None
         if context == "shame" and lr == max(self.plan.saturation):
             return run(context, phi=[-1.0, 3.0], lr=lr, diverged_at=2)
         r = 0.8 * -np.expm1(-lr / ETA_SAT[context])
@@ -158,68 +159,68 @@ def capture_figures(monkeypatch) -> list:
     return figures
 
 
+def saturations():
+    camp = SatCampaign()
+    return {c: search.saturation(camp, c) for c in camp.usable}
+
+
 def test_plot_saturation(tmp_path, monkeypatch):
+    """One panel per fitted context: the measured points, the fit, the LRs measured and η_sat (A1)."""
     figures = capture_figures(monkeypatch)
-    responses = campaign.saturation_responses(SatCampaign())
-    fits = campaign.saturation_fits(SatCampaign(), responses)
-    assert list(fits) == list(ETA_SAT) and fits["shame"].n == 7
+    sats = saturations()
+    # "shame" diverged at 5e-5, so A1 measured above its η_sat (2e-5) at the next 1–2–5 LR instead
+    assert sats["shame"].added == (1e-4,) and 5e-5 not in sats["shame"].etas and sats["longing"].added == ()
     path = tmp_path / "sat.png"
     path.write_bytes(b"stale")
-    assert plots.plot_saturation("fake-model", responses, fits, path) == path
-    assert png_size(path) == (700, 500)
+    assert plots.plot_saturation("fake-model", sats, path) == path
     assert_only(tmp_path, "sat.png")
-    # measured points: exactly the responses, so never the diverged run (it has no Φ_T)
-    (ax,) = figures[0].axes
-    assert ax.get_title() == "fake-model: saturation fits"
-    points = [line for line in ax.lines if line.get_marker() == "o"]
-    assert [len(line.get_xdata()) for line in points] == [8, 8, 7]
-    for line, (etas, resp) in zip(points, responses.values()):
-        assert list(line.get_xdata()) == etas and list(line.get_ydata()) == resp
-    assert max(points[2].get_xdata()) < max(Plan().saturation)
-    assert max(max(line.get_ydata()) for line in points) < 1.0
+    axes = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert len(axes) == len(sats)
+    for ax, (context, sat) in zip(axes, sats.items()):
+        (points,) = [line for line in ax.lines if line.get_marker() == "o"]
+        assert list(points.get_xdata()) == list(sat.etas) and list(points.get_ydata()) == list(sat.responses)
+        assert ax.get_title().startswith(f"{context}: " + sat.estimate.text("η_sat", ".2g"))
+        assert len(ax.patches) == 1                                  # the measured LR range
 
 
-def test_plot_saturation_draws_only_fitted_contexts(tmp_path, monkeypatch):
+def test_plot_saturation_marks_a_bound_with_an_arrow(tmp_path, monkeypatch):
     figures = capture_figures(monkeypatch)
-    responses = campaign.saturation_responses(SatCampaign())
-    fits = campaign.saturation_fits(SatCampaign(), responses)
-    plots.plot_saturation("fake-model", responses, {"purpose": fits["purpose"]}, tmp_path / "sat.png")
-    (ax,) = figures[0].axes
-    points = [line for line in ax.lines if line.get_marker() == "o"]
-    assert len(points) == 1 and list(points[0].get_xdata()) == responses["purpose"][0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"purpose η_sat={fits['purpose'].eta_sat:.2g}"]
+    sat = saturations()["longing"]
+    bound = dataclasses.replace(sat, estimate=laws.Estimate(0.0, min(sat.etas)))
+    plots.plot_saturation("fake-model", {"longing": bound}, tmp_path / "sat.png")
+    ax = figures[0].axes[0]
+    assert "(bound)" in ax.get_title() and "η_sat < " in ax.get_title()
+    assert len(ax.texts) == 1 and not [line for line in ax.lines if list(line.get_xdata()) == [sat.fit.eta_sat] * 2]
 
 
-@pytest.mark.filterwarnings("ignore:No artists with labels found")
 def test_plot_saturation_without_fits(tmp_path):
     path = tmp_path / "sat.png"
-    plots.plot_saturation("fake-model", campaign.saturation_responses(SatCampaign()), {}, path)
-    assert png_size(path) == (700, 500)
+    plots.plot_saturation("fake-model", {}, path)
+    assert path.exists()
 
 
-# --- plot_prediction ----------------------------------------------------------------------
+# --- plot_context_prediction ------------------------------------------------------------
 
-def row(model, eta_c, eta_hat, q=1e-6):
-    return ModelLaws(model=model, g2mean=0.02, shape="gaussian", cls="A", eta_sat=None, h_ft=None, b_ft=0.5,
-                     lora_sufficiency=0.6, q=q, eta_c=eta_c, eta_hat=eta_hat,
-                     rel_error=None if eta_c is None or eta_hat is None else abs(eta_hat - eta_c) / eta_c)
-
-
-@pytest.mark.parametrize("rows, n_points", [
-    ([row("a", 7e-6, 8e-6), row("b", 2e-5, 1.5e-5)], 2),
-    ([row("a", 7e-6, 8e-6), row("b", None, None, q=None), row("c", 2e-5, None), row("d", None, 3e-6)], 1),
-    ([row("a", None, None), row("b", None, None, q=None)], 0),
-    ([], 0),
-], ids=["all", "some-none", "all-none", "empty"])
-def test_plot_prediction(tmp_path, monkeypatch, rows, n_points):
+@pytest.mark.parametrize("points, n_models", [
+    ({"a": [("longing", 1e-6, 2e-6), ("purpose", 3e-6, 1e-6)], "b": [("shame", 1e-7, 1e-7)]}, 2),
+    ({"a": []}, 0),
+    ({}, 0),
+], ids=["two-models", "no-context", "empty"])
+def test_plot_context_prediction(tmp_path, monkeypatch, points, n_models):
+    """η̂_i against η_i per model (log-log), with the y = x line and each model's η_c (SPEC §5 A3)."""
     figures = capture_figures(monkeypatch)
     path = tmp_path / "critical_lr.png"
-    path.write_bytes(b"stale")
-    assert plots.plot_prediction(rows, path) == path
-    assert png_size(path) == (450, 450)
+    assert plots.plot_context_prediction(points, {"a": 2e-6, "b": None}, path) == path
     assert_only(tmp_path, "critical_lr.png")
     (ax,) = figures[0].axes
-    assert len([line for line in ax.lines if line.get_marker() == "o"]) == n_points
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert len(dots) == n_models
+    for line, pts in zip(dots, [p for p in points.values() if p]):
+        assert list(line.get_xdata()) == [x for _, x, _ in pts] and list(line.get_ydata()) == [y for _, _, y in pts]
+    assert (ax.get_xscale() == ax.get_yscale() == "log") == bool(n_models)
+    assert any(line.get_linestyle() == "--" for line in ax.lines) == bool(any(points.values()))
+    assert [list(line.get_xdata()) for line in ax.lines if line.get_linestyle() == ":"] == \
+        ([[2e-6, 2e-6]] if points.get("a") else [])
 
 
 # --- claims_figures -----------------------------------------------------------------------

@@ -44,7 +44,7 @@ def expected(vs):
 
 
 def table_rows(text):
-    return [line for line in text.splitlines() if re.match(r"\| C\d+b? \|", line)]
+    return [line for line in text.splitlines() if re.match(r"\| C\d+(b|′)? \|", line)]
 
 
 def gfm_cells(line):
@@ -126,13 +126,37 @@ def test_render_without_reductions_and_with_figures():
     assert all(r.endswith("| — | not run |") for r in table_rows(text))
 
 
-def test_render_bisections_one_line_per_model_only_when_given():
-    lines = {"smollm2-135m": "η_c = 6.6e-07 after 11 probes: 9 probe runs", "gemma3-270m": "not in the store (x)"}
+def test_render_adaptive_runs_one_line_per_model_only_when_given():
+    lines = {"smollm2-135m": "η_c = 6.6e-07; η_i of 10 contexts: 9 probe runs", "gemma3-270m": "not in the store (x)"}
     text = report.render([], session(bisections=lines))
-    assert "- **critical-LR bisections** (SPEC §5" in text
+    assert "- **adaptive runs** (SPEC §5 A1–A2" in text
     assert all(f"  - `{m}`: {line}\n" in text for m, line in lines.items())
-    assert text.index("critical-LR bisections") < text.index("protocol reductions")
-    assert "critical-LR bisections" not in report.render([], session())
+    assert text.index("adaptive runs") < text.index("protocol reductions")
+    assert "adaptive runs" not in report.render([], session())
+
+
+def test_render_marks_consistency_checks_and_fragile_verdicts():
+    """SPEC §6 A5: C2 and C4 say they are consistency checks; A6: stability, intervals, fragile."""
+    vs = [Verdict("C2", "smollm2-135m", REPRODUCED, "max |Φ−S−D| = 1e-13", 4, {}, 1.0, {}),
+          Verdict("C3", "smollm2-135m", NOT_REPRODUCED, "1/10 jump; ρ(G_max, J) = -0.14 (p = 0.71)", 10,
+                  {}, 0.69, {"n_jump": (0.0, 3.0), "spearman": (-0.61, 0.48)})]
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in table_rows(report.render(vs, session()))}
+    assert "✅ reproduced (consistency check)" in rows["C2"] and "consistency check" not in rows["C3"]
+    assert "stability 1.00" in rows["C2"] and "fragile" not in rows["C2"]
+    assert "stability 0.69 **fragile**; 95% CI: n_jump [0, 3], spearman [-0.61, 0.48]" in rows["C3"]
+    assert "❌ not reproduced ⚠ fragile" in rows["C3"] and "(p = 0.71)" in rows["C3"]
+
+
+def test_render_lists_the_amendments_with_the_verdicts_they_replaced():
+    vs = [Verdict("C9", "zoo", NOT_TESTABLE, "CV ∈ [80%, 141%] straddles 10%", 2),
+          Verdict("C13", "zoo", NOT_REPRODUCED, "err 50%", 2)]
+    base = {"C9 zoo": ["not reproduced", "CV = 99.4%"], "C13 zoo": ["not reproduced", "err 92%"]}
+    text = report.render(vs, session(baseline=base))
+    section = text[text.index("## Deviations and amendments"):]
+    assert "- **A1**" in section and "C9 `zoo`: not reproduced (CV = 99.4%) → not testable" in section
+    assert "- **A3** §5 blind predictor: r and q_i from Φ instead of Δz: no verdict changed" in section
+    assert all(f"- **A{i}**" in section for i in range(1, 7))
+    assert "bootstrap: B = 1000 resamples of the contexts, seed 0" in section
 
 
 @pytest.mark.parametrize("c5, c5b, words", [

@@ -284,9 +284,6 @@ def test_the_search_starts_from_the_extended_saturation_grid():
     assert lo < 4.3e-8 < hi and s.width() <= CONTEXT_RTOL
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: search.context_critical seeds the η_i search only from plan.saturation, which is () "
-                          "for a Plan without an extended grid; min() of no LR raises instead of using plan.sweep")
 def test_a_plan_without_a_saturation_grid_still_searches_from_its_sweep():
     camp = Fake(Crossing({"c0": 7.3e-6}, "linear"), plan=Plan(extended=()))      # eta_c=True by default
     s = search.context_critical(camp, "c0")
