@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from . import campaign, contexts, dynamics, executor, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
@@ -556,10 +558,13 @@ def _print_predictions(results, const, accuracy, steps: int) -> None:
     print()
     used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
     print(f"{'k':<12}{const.k:.4g} from --k-models {','.join(const.models)}: geometric mean of η_c/q over {used}")
-    errors = ", ".join(f"{m} ×{math.exp(e):.3g}" for m, e in accuracy.log_errors.items())
-    verdict = ("" if accuracy.reliable is None else
-               f"; {'within' if accuracy.reliable else 'UNRELIABLE: beyond'} ×{predict.UNRELIABLE_FACTOR:g}")
-    print(f"{'accuracy':<12}{accuracy.source}" + (f": η̂/η_c off by {errors}{verdict}" if errors else ""))
+    if accuracy.factor is None:
+        print(f"{'accuracy':<12}{accuracy.source}")
+    else:
+        median = math.exp(float(np.median(list(accuracy.log_errors.values()))))
+        verdict = f"{'within' if accuracy.reliable else 'UNRELIABLE: beyond'} ×{predict.UNRELIABLE_FACTOR:g}"
+        print(f"{'accuracy':<12}η̂_i/η_i within ×{accuracy.factor:.3g} for {accuracy.source} (median ×{median:.3g}); "
+              f"{verdict}")
     print(f"{'η̂_c':<12}k · (−Φ_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip by step T")
     for r in results:
         if r["unpredictable"]:

@@ -291,7 +291,8 @@ def test_laws_tiny_models_quick(capsys, monkeypatch, tiny, tiny_llama, tmp_path,
         assert len(cells) == 11
         # quick budget: no saturation grid, no critical LR, no blind prediction
         assert cells[4:6] == ["—", "—"] and cells[8:] == ["—", "—", "—"]
-    assert not lines[start + 4].split() or lines[start + 4].startswith("wrote")
+    assert lines[start + 4].startswith("(η_sat and H_FT: a number when measured LRs bracket")   # A1
+    assert not lines[start + 5].split() or lines[start + 5].startswith("wrote")
     assert f"wrote       {out / 'laws.json'}" in captured.out and str(out / "critical_lr.png") in captured.out
 
     rows = json.loads((out / "laws.json").read_text())

@@ -10,15 +10,16 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import tiny_models
 
-from phantom import campaign, cli, dynamics, laws, predict, runs
+from phantom import campaign, cli, dynamics, predict, runs, search
 from phantom.predict import NO_K, blind_constant, blind_lr
 from phantom.store import RunStore
 
 LONGING = "After twenty years abroad, she felt a deep sense of"
-KNOWN = {"smollm2-135m": (2e-6, -3.0), "tiny": (5e-6, -6.0)}   # model → (η_c, Δz_0 with r = 1): q = −Δz_0/30
+KNOWN = {"smollm2-135m": (2e-6, -0.3), "tiny": (5e-6, -0.6)}   # model → (η_c, Φ_0 with r = 1): q = −Φ_0/30
 
 
 @pytest.fixture
@@ -37,15 +38,18 @@ def _csv(path, text: str):
     return str(path)
 
 
-def _measure(model: str, store: RunStore, monkeypatch, eta_c: float, dz0: float) -> None:
-    """Store η_c and blind-r entries of ``model`` under the keys the laws build (known values)."""
+def _measure(model: str, store: RunStore, monkeypatch, eta_c: float, phi0: float) -> None:
+    """Store every context's η_i search and blind-r entry of ``model`` under the keys the laws build:
+    each context flips at η_c (not at 0.995 η_c), so η_i = η_c and q_i = −Φ_0/30 everywhere."""
+    def searched(camp, context, rtols, prefetch):
+        return search.ContextCritical(context, {eta_c * 0.995: (False, -0.1), eta_c: (True, 0.1)})
+
     with monkeypatch.context() as m:
-        m.setattr(dynamics, "blind_r", lambda loaded, context, pair: {"r": 1.0, "dz0": dz0})
-        m.setattr(laws, "critical_lr", lambda f, grid, rtol: laws.CriticalLR(eta_c, (eta_c * 0.99, eta_c),
-                                                                              ((eta_c, 0.5),), True))
+        m.setattr(dynamics, "blind_r", lambda loaded, context, pair: {"r": 1.0, "phi0": phi0})
+        m.setattr(search, "context_critical", searched)
         c = campaign.Campaign(model, campaign.Plan(), store)
-        assert campaign.blind_statistic(c).q == pytest.approx(-dz0 / 30)
-        assert campaign.critical_lr_of(c).eta_c == eta_c
+        assert campaign.blind_statistic(c).q == pytest.approx(-phi0 / 30)
+        assert campaign.critical_lr_of(c).eta_c == eta_c and campaign.critical_lr_of(c).converged
 
 
 def test_blind_lr_formula_and_reasons():
@@ -160,17 +164,25 @@ def test_no_k_exits_1_before_loading_with_the_cheapest_installed_remedy(store, t
                                                f"(smollm2-135m: up to ≈{smol:.0f} min")
 
 
+def constant(log_ratios: list[float], k: float = 10.0) -> predict.BlindConstant:
+    """A k over models a and b whose contexts were predicted off by exp(log_ratios)."""
+    per_context = {f"{'ab'[i % 2]}/c{i}": v for i, v in enumerate(log_ratios)}
+    return predict.BlindConstant(("a", "b"), k, {}, {}, {}, per_context)
+
+
 def test_accuracy_range_and_unreliable_flag():
-    """The leave-one-out errors become a ×factor range; beyond ×2 the predictor is unreliable."""
-    const = predict.BlindConstant(("a", "b"), 10.0, {}, {}, {"a": (3e-6, 2e-6), "b": (1e-6, 1.2e-6)})
-    acc = predict.measured_accuracy(const)
-    assert acc.factor == pytest.approx(1.5) and acc.reliable is True
-    assert acc.log_errors["a"] == pytest.approx(math.log(1.5))
-    bad = predict.measured_accuracy(predict.BlindConstant(("a", "b"), 1.0, {}, {}, {"a": (5e-6, 1e-6), "b": (1, 1)}))
-    assert bad.factor == pytest.approx(5.0) and bad.reliable is False
-    assert predict.measured_accuracy(predict.BlindConstant(("a",), 1.0, {}, {}, {})).factor is None
-    results = cli._predict_rows([predict_probe("x\x1b[31mred\nline")], [ROW], const, bad, 30)
-    assert results[0]["eta_hat_range"] == pytest.approx([results[0]["eta_hat"] / 5, results[0]["eta_hat"] * 5])
+    """SPEC §5 A3: the per-context errors become a ×factor range (their 90th percentile); beyond ×2, unreliable."""
+    logs = [math.log(x) for x in (1.1, 1 / 1.2, 1.3, 1 / 1.4, 1.5, 1.05, 1 / 1.15, 1.25, 1.35, 1 / 1.45)]
+    acc = predict.measured_accuracy(constant(logs))
+    assert acc.factor == pytest.approx(math.exp(np.percentile(np.abs(logs), 90))) and acc.reliable is True
+    assert acc.log_errors["a/c0"] == pytest.approx(math.log(1.1)) and len(acc.log_errors) == 10
+    assert "10 contexts of a, b" in acc.source
+    bad = predict.measured_accuracy(constant([math.log(5.0), 0.0]))
+    assert bad.factor == pytest.approx(5.0 ** 0.9) and bad.reliable is False
+    assert predict.measured_accuracy(predict.BlindConstant(("a",), 1.0, {}, {}, {}, {})).factor is None
+    results = cli._predict_rows([predict_probe("x\x1b[31mred\nline")], [ROW], constant([0.1]), bad, 30)
+    f = bad.factor
+    assert results[0]["eta_hat_range"] == pytest.approx([results[0]["eta_hat"] / f, results[0]["eta_hat"] * f])
     assert results[0]["reliable"] is False
 
 
@@ -179,12 +191,12 @@ def predict_probe(name: str):
     return Probe("He never found the", "purpose", "meaning", name)
 
 
-ROW = {"G_gc": 0.5, "B": 1.0, "dz": -2.0, "r": 100.0, "p_target": 0.1, "p_competitor": 0.3}
+ROW = {"G_gc": 0.5, "B": 1.0, "phi": -0.2, "dz": -2.0, "r": 100.0, "p_target": 0.1, "p_competitor": 0.3}
 
 
 def test_printed_table_escapes_csv_text(capsys):
     const = predict.BlindConstant(("a", "b"), 10.0, {"a": (1e-6, 1e-7), "b": (2e-6, 1e-7)}, {},
-                                  {"a": (5e-6, 1e-6), "b": (1, 1)})
+                                  {"a": (5e-6, 1e-6), "b": (1, 1)}, {"a/c": math.log(5.0), "b/c": 0.0})
     acc = predict.measured_accuracy(const)
     results = cli._predict_rows([predict_probe("x\x1b[31mred\nline\x00")], [dict(ROW, r=-1.0)], const, acc, 30)
     cli._print_predictions(results, const, acc, 30)
@@ -206,29 +218,38 @@ def test_splitting_word_on_smollm2(tmp_path, capsys):
 def test_predict_smollm2_with_a_warm_store(store, tiny_dir, tmp_path, monkeypatch, capsys, one_torch_thread):
     _measure(tiny_dir, store, monkeypatch, *KNOWN["tiny"])
     _measure("smollm2-135m", store, monkeypatch, *KNOWN["smollm2-135m"])
-    csv = _csv(tmp_path / "p.csv", f'context,target,competitor,name\n"{LONGING}",yearning,longing,longing\n')
+    # SPEC §5 A3 on SmolLM2: r > 0 for "purpose", r < 0 for "longing" (Adam's first step lowers its Φ)
+    pair = runs.orientation("smollm2-135m", "purpose", store=store)
+    csv = _csv(tmp_path / "p.csv", f"context,target,competitor,name\nHe never found the,{pair.g_word.strip()},"
+                                   f'{pair.c_word.strip()},purpose\n"{LONGING}",yearning,longing,longing\n')
     status = cli.main(["predict", "--model", "smollm2-135m", "--probes", csv, "--k-models",
                        f"smollm2-135m,{tiny_dir}", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert status == 0
     doc = json.loads((tmp_path / "predict_smollm2-135m.json").read_text())
-    ratios = {m: e / (-dz / 30) for m, (e, dz) in KNOWN.items()}                 # η_c / q
+    ratios = {m: e / (-phi0 / 30) for m, (e, phi0) in KNOWN.items()}             # η_c / q
     k = math.sqrt(ratios["smollm2-135m"] * ratios["tiny"])
     assert doc["k"] == pytest.approx(k, rel=1e-12) and doc["k_models_used"] == ["smollm2-135m", tiny_dir]
     assert set(doc["k_models"]) == {"smollm2-135m", tiny_dir}
-    # leave-one-out: each model predicted with k from the other one alone: 2.5e-6 for 2e-6, 4e-6 for 5e-6
+    # each context predicted with k from the other model alone: 2.5e-6 for 2e-6, 4e-6 for 5e-6 (A3)
     acc = doc["measured_accuracy"]
-    assert acc["log_errors"] == {"smollm2-135m": pytest.approx(math.log(1.25)), tiny_dir: pytest.approx(math.log(1.25))}
+    assert set(acc["log_errors"]) == {f"{m}/{c}" for m in ("smollm2-135m", tiny_dir) for c in usable(m, store)}
+    assert all(v == pytest.approx(math.log(1.25)) for v in acc["log_errors"].values())
     assert acc["factor"] == pytest.approx(1.25) and acc["reliable"] is True
-    (probe,) = doc["probes"]
-    assert probe["dz0"] < 0 < probe["r"] and probe["unpredictable"] is None and probe["reliable"] is True
-    assert probe["eta_hat"] == pytest.approx(k * -probe["dz0"] / (30 * probe["r"]), rel=1e-12)
+    probe, longing = doc["probes"]
+    assert longing["r"] < 0 and longing["eta_hat"] is None and longing["unpredictable"].startswith("r = ")
+    assert probe["phi0"] < 0 < probe["r"] and probe["unpredictable"] is None and probe["reliable"] is True
+    assert probe["eta_hat"] == pytest.approx(k * -probe["phi0"] / (30 * probe["r"]), rel=1e-12)
     assert probe["eta_hat_range"] == pytest.approx([probe["eta_hat"] / 1.25, probe["eta_hat"] * 1.25])
-    assert probe["g_gc"] == pytest.approx(0.9053, abs=1e-4) and probe["p_g0"] < probe["p_c0"]
+    assert longing["g_gc"] == pytest.approx(0.9053, abs=1e-4) and longing["p_g0"] < longing["p_c0"]
     assert f"k           {k:.4g} from --k-models smollm2-135m,{tiny_dir}: geometric mean of η_c/q" in out
     assert f"{probe['eta_hat']:.3g}   {probe['eta_hat'] / 1.25:.2g} – {probe['eta_hat'] * 1.25:.2g}" in out
-    assert "η̂/η_c off by smollm2-135m ×1.25" in out and "within ×2" in out
+    assert "η̂_i/η_i within ×1.25 for 90% of the" in out and "(median ×1.25); within ×2" in out
     assert runs.orientation("smollm2-135m", "longing", store=store).g_word == "yearning"
+
+
+def usable(model: str, store: RunStore) -> list[str]:
+    return campaign.Campaign(model, campaign.Plan(), store).usable
 
 
 def test_many_probes_announce_their_total_time(tiny_dir, capsys, monkeypatch):
