@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from . import campaign, contexts, dynamics, executor, files, progress, runs, store, zoo
+from . import campaign, cluster, contexts, dynamics, executor, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -105,6 +105,13 @@ def _out_dir(text: str) -> Path:
 def _models(text: str) -> tuple[str, ...]:
     try:
         return campaign.parse_models(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _address(text: str) -> str:
+    try:
+        return cluster.parse_address(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -515,7 +522,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --- `campaign` -----------------------------------------------------------------------
 
 def configure_campaign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=None,
+    p.add_argument("--models", type=_models, default=None,
                    help="comma-separated zoo names, hub ids or local dirs (default: the claim suite's "
                         "offline zoo under --budget)")
     p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
@@ -523,9 +530,9 @@ def configure_campaign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=executor.EXECUTORS,
                    help="local: one run after another in this process; ray: Ray tasks on a cluster "
                         f"(needs the optional extra: {executor.INSTALL}) (default: %(default)s)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address, e.g. auto or HOST:6379 (only with --executor ray; "
-                        "default: a private one-node cluster)")
+    p.add_argument("--address", type=_address, default=None, metavar="ADDR",
+                   help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT (only with --executor ray; "
+                        "default: a private one-node cluster bound to 127.0.0.1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="torch device of the fine-tuning runs (default: %(default)s)")
 
@@ -566,7 +573,7 @@ class ProgressDisplay:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     clock = _Clock()
-    models = campaign.select_models(args.models, "offline", args.budget)
+    models = args.models or campaign.select_models(None, "offline", args.budget)
     for m in models:
         zoo.check_name(m)
     if args.address is not None and args.executor != "ray":
@@ -574,7 +581,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     if args.executor == "local":
         check_device(args.device)   # ray: each worker's device is its own
     else:
-        executor.import_ray()       # fail now, with the install command, if Ray is missing
+        executor.import_ray(private=args.address is None)   # fail now, with the install command, if Ray is missing
     where = "this process" if args.executor == "local" else f"Ray ({args.address or 'a private cluster'})"
     clock(f"campaign of {', '.join(models)} (budget {args.budget}) on {where}, device {args.device}; "
           f"run store {store.default_root()} …")
@@ -690,9 +697,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:   # any other file-system fault (disk full, I/O error): one line too
         _error(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         return 1
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+    except KeyboardInterrupt as err:   # Ctrl-C; with the ray executor also SIGTERM (phantom.cluster)
+        signum = getattr(err, "signum", 2)
+        _error("terminated" if signum == 15 else "interrupted")
+        return 128 + signum
     finally:
         if fresh_out and status != 0:     # a failed command leaves no empty --out behind
             with contextlib.suppress(OSError):

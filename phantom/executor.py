@@ -12,6 +12,8 @@ cached computation of :mod:`phantom.runs` each — run by an executor into the r
   storage would serialise the whole cluster). A worker refuses, in one line, to compute for
   a driver whose environment fingerprint differs (its keys would silently differ); a task
   that raises or dies is retried, and the store's atomic writes leave no partial entry.
+  Its Ray session (:mod:`phantom.cluster`) binds a private cluster to loopback, refuses an
+  address where nothing answers, and stops on Ctrl-C or SIGTERM without restarting Ray.
 
 The critical-LR bisection runs on the driver (:func:`phantom.campaign.critical_lr_of`),
 each probe's contexts computed in parallel through its ``prefetch``; it writes the entries
@@ -22,22 +24,22 @@ node (``flock`` and ``os.replace`` are atomic on NFS).
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
 from . import campaign as cmp
-from . import contexts, runs, zoo
+from . import cluster, contexts, runs, zoo
+from .cluster import INSTALL, ExecutorError, import_ray  # noqa: F401 - this module's API too
 from .store import RunStore
 
 EXECUTORS = ("local", "ray")
 HEAVY = "phantom_heavy_ft"      # custom per-node Ray resource: one heavy full fine-tune at a time
-INSTALL = "pip install -c requirements/lock.txt -e '.[cluster]'"
 
 # Peak RSS of one task process (resource.getrusage ru_maxrss, 1 torch thread), measured
 # 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32), one fresh process per figure:
@@ -53,10 +55,6 @@ SMOLLM2_PARAMS = 134_515_008
 PEAK_RSS = {"base": 361_164_800, "forward": 1_062_260_736, "blind": 3_250_573_312,
             "full": 3_592_261_632, "lora": 1_856_962_560}
 GPU_SHARE = {"full": 1.0, "lora": 0.25}   # num_gpus of a run with --device cuda
-
-
-class ExecutorError(Exception):
-    """A task failed after its retries, or the cluster cannot run it (one-line message)."""
 
 
 class EnvironmentMismatch(ExecutorError):
@@ -190,15 +188,6 @@ class LocalExecutor:
             yield Done(task, len(c.store.computed) > before, start, time.time(), "local", os.getpid())
 
 
-def import_ray():
-    """The ``ray`` module, or :class:`ExecutorError` naming the install command."""
-    try:
-        import ray
-    except ImportError:
-        raise ExecutorError(f"the ray executor needs Ray, an optional extra: {INSTALL}") from None
-    return ray
-
-
 def _worker(task: Task, driver: dict[str, str], weights_sha256: str, root: str) -> dict:
     """A Ray task: check the environment, set torch threads, compute ``task`` into the store."""
     import ray
@@ -247,20 +236,15 @@ class RayExecutor:
     parallel = True
 
     def __init__(self, address: str | None = None, *, max_retries: int = 2):
-        ray = self.ray = import_ray()
-        if not ray.is_initialized():
-            if address is None:
-                ray.init(address="local", resources={HEAVY: 1}, include_dashboard=False, log_to_driver=False,
-                         logging_level="WARNING")
-            else:
-                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        self.session = cluster.Session(address, resources={HEAVY: 1})
+        ray = self.ray = self.session.ray
         self.max_retries = max_retries
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=True)(_worker)
         self.fingerprint = fingerprint()
 
     def check_feasible(self, tasks: Iterable[Task]) -> None:
         """Raise :class:`ExecutorError` when no live node can ever run one of ``tasks``."""
-        nodes = [n["Resources"] for n in self.ray.nodes() if n["Alive"]]
+        nodes = [n["Resources"] for n in self.session.call(self.ray.nodes) if n["Alive"]]
         for task in tasks:
             need = {"CPU": task.resources["num_cpus"], "memory": task.resources["memory"],
                     "GPU": task.resources.get("num_gpus", 0), **task.resources.get("resources", {})}
@@ -272,28 +256,49 @@ class RayExecutor:
                                     f"node offers {have}{hint}")
 
     def run(self, c: cmp.Campaign, tasks: Sequence[Task]) -> Iterator[Done]:
-        ray = self.ray
+        ray, call = self.ray, self.session.call
         self.check_feasible(tasks)
         c.store.root.mkdir(parents=True, exist_ok=True)
         weights = runs.weights_sha256(c.model)
-        refs = {self.remote.options(**task.resources).remote(task, self.fingerprint, weights, str(c.store.root)): task
-                for task in tasks}
-        pending = list(refs)
+        refs = {}
         try:
+            for task in tasks:   # each submission, like every Ray call, refused once the session stops
+                ref = call(self.submit, task, weights, str(c.store.root))
+                refs[ref] = task
+            pending = list(refs)
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                task = refs[ready[0]]
-                try:
-                    out = ray.get(ready[0])
-                except ray.exceptions.RayError as err:
-                    raise ExecutorError(f"{task} failed after {self.max_retries} retries: "
-                                        f"{_one_line(err)}") from None
-                if "refused" in out:
-                    raise EnvironmentMismatch(out["refused"])
-                yield Done(task, out["computed"], out["start"], out["end"], out["node"], out["pid"])
+                ready, pending = call(ray.wait, pending, num_returns=1, timeout=cluster.POLL_S)
+                if ready:
+                    yield self._done(refs[ready[0]], ready[0])
         finally:
-            for ref in pending:
-                ray.cancel(ref)
+            with suppress(cluster._Stopped):
+                call(self._cancel, [ref for ref in refs if ref in self.session.pending])
+
+    def submit(self, task: Task, weights: str, root: str):
+        """Submit ``task`` (under the session's lock): its object ref."""
+        ref = self.remote.options(**task.resources).remote(task, self.fingerprint, weights, root)
+        self.session.pending.add(ref)
+        return ref
+
+    def _done(self, task: Task, ref) -> Done:
+        try:
+            out = self.session.call(self.ray.get, ref)
+        except self.ray.exceptions.RayError as err:
+            raise ExecutorError(f"{task} failed after {self.max_retries} retries: {_one_line(err)}") from None
+        finally:
+            self.session.pending.discard(ref)
+        if "refused" in out:
+            raise EnvironmentMismatch(out["refused"])
+        return Done(task, out["computed"], out["start"], out["end"], out["node"], out["pid"])
+
+    def _cancel(self, refs: list) -> None:
+        for ref in refs:
+            self.ray.cancel(ref)
+            self.session.pending.discard(ref)
+
+    def close(self) -> None:
+        """Shut down the Ray session this executor opened (see :class:`phantom.cluster.Session`)."""
+        self.session.close()
 
 
 def make_executor(name: str, address: str | None = None, **options) -> LocalExecutor | RayExecutor:
@@ -406,13 +411,21 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
     ------
     ExecutorError
         Ray missing, a task failing after its retries, a task no node can run, or a worker
-        refusing (:class:`EnvironmentMismatch`).
+        refusing (:class:`EnvironmentMismatch`), an ``address`` where no cluster answers.
+    phantom.cluster.Terminated
+        With ``ray``, Ctrl-C or SIGTERM: the running tasks were cancelled and Ray shut down
+        (:func:`phantom.cluster.run_jobs`). ``compute`` closes the Ray session it opened
+        whichever way it ends.
     """
     ex = make_executor(executor, address, **options)
     lock = threading.Lock()
     if not ex.parallel:
         return [compute_campaign(c, ex, progress, lock) for c in campaigns]
-    for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
-        runs.model_info(c.model)
-    with ThreadPoolExecutor(max_workers=max(1, len(campaigns))) as pool:
-        return list(pool.map(lambda c: compute_campaign(c, ex, progress, lock), campaigns))
+    try:
+        for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
+            runs.model_info(c.model)
+    except BaseException:
+        ex.close()
+        raise
+    return cluster.run_jobs(ex.session, [functools.partial(compute_campaign, c, ex, progress, lock)
+                                         for c in campaigns])
