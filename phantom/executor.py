@@ -25,8 +25,12 @@ node (``flock`` and ``os.replace`` are atomic on NFS).
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib
+import importlib.metadata
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +38,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from . import campaign as cmp
-from . import cluster, contexts, runs, zoo
+from . import cluster, contexts, runs, store, zoo
 from .cluster import INSTALL, ExecutorError, import_ray  # noqa: F401 - this module's API too
 from .store import RunStore
 
@@ -103,9 +107,59 @@ class Progress:
 
 # --- environment fingerprint -------------------------------------------------------------
 
+PACKAGES = ("numpy", "tokenizers", "safetensors", "gguf")   # beyond runs.versions(): torch, transformers, peft
+MODULES = ("heap", "zoo", "store", "files", "cluster", "executor")   # beyond the key's (runs.SOURCES)
+
+
+def _imported_sources() -> dict[str, bytes]:
+    """The source of every module a result depends on, read when this module is imported.
+
+    Each module is imported here, so its bytes are read at the moment its code is loaded
+    (a worker imports this module to unpickle its first task): a file edited on disk later
+    changes neither this process's code nor its fingerprint.
+    """
+    names = sorted({n for files in runs.SOURCES.values() for n in files} | {f"{m}.py" for m in MODULES})
+    out = {}
+    for name in names:
+        module = sys.modules.get(f"{__package__}.{name[:-3]}") or importlib.import_module(f".{name[:-3]}", __package__)
+        out[name] = module.__loader__.get_data(module.__file__)
+    return out
+
+
+def _package_versions() -> dict[str, str]:
+    """Versions of :data:`PACKAGES` ("absent" if not installed) and the BLAS NumPy was built with."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    import numpy
+    with suppress(Exception):   # the build configuration's layout is NumPy's, not an API
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        out["numpy_blas"] = f"{blas['name']} {blas['version']}"
+    return out
+
+
 def fingerprint() -> dict[str, str]:
-    """What must agree between driver and workers for their keys to agree: versions and code."""
-    return {**runs.versions(), **{f"code_sha256[{k}]": runs.code_sha256(k) for k in runs.SOURCES}}
+    """What must agree between driver and workers for their keys and results to agree.
+
+    The versions of torch, transformers, peft, Python (:func:`phantom.runs.versions`) and of
+    :data:`PACKAGES` with NumPy's BLAS; ``code_sha256[kind]`` of every run-store kind, as
+    :func:`phantom.runs.code_sha256` computes it but over the sources as imported
+    (:data:`IMPORTED`); ``source_sha256[module]`` of :data:`MODULES`; and the public name of
+    the store's signing secret (:func:`phantom.store.secret_id`), so that a worker never writes
+    entries its driver would refuse.
+    """
+    code = {}
+    for kind, names in runs.SOURCES.items():
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(name.encode() + b"\0" + IMPORTED[name])
+        code[f"code_sha256[{kind}]"] = digest.hexdigest()
+    sources = {f"source_sha256[{m}]": hashlib.sha256(IMPORTED[f"{m}.py"]).hexdigest() for m in MODULES}
+    return {**runs.versions(), **_package_versions(), **code, **sources,
+            "store_key": store.secret_id(store.secret_from_env())}
 
 
 def differences(driver: dict[str, str], worker: dict[str, str]) -> str:
@@ -429,3 +483,7 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
         raise
     return cluster.run_jobs(ex.session, [functools.partial(compute_campaign, c, ex, progress, lock)
                                          for c in campaigns])
+
+
+IMPORTED: dict[str, bytes] = _imported_sources()
+"""File name → source bytes of every module the fingerprint covers, read as this module is imported."""
