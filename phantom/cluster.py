@@ -132,7 +132,8 @@ class Session:
     def __init__(self, address: str | None = None, resources: dict | None = None):
         ray = self.ray = import_ray(private=address is None)
         self.owned = not ray.is_initialized()
-        self.stop, self.lock, self.closed = threading.Event(), threading.Lock(), False
+        self.stop, self.closed = threading.Event(), False
+        self.cond, self.active = threading.Condition(), 0   # Ray calls in flight, guarded by cond
         self.pending: set = set()     # object refs of the tasks submitted and not yet collected
         if not self.owned:
             return
@@ -146,31 +147,41 @@ class Session:
 
     def call(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` — a Ray call — unless the session is stopping (then :class:`_Stopped`)."""
-        with self.lock:
+        with self.cond:
             if self.stop.is_set():
                 raise _Stopped()
+            self.active += 1
+        try:
             return fn(*args, **kwargs)
+        finally:
+            with self.cond:
+                self.active -= 1
+                self.cond.notify_all()
 
     def interrupt(self) -> int:
-        """Stop every driver thread's Ray calls and cancel the running tasks; their number."""
-        with self.lock:
+        """Refuse every further Ray call of the driver's threads and cancel the running tasks; their number."""
+        with self.cond:
             self.stop.set()
             pending, self.pending = list(self.pending), set()
-            for ref in pending:
-                try:
-                    self.ray.cancel(ref, force=True)   # kills the worker: its entry is written atomically or not
-                except Exception:  # noqa: BLE001 - a task that already finished cannot be cancelled
-                    pass
+            if self.closed:
+                return 0
+        for ref in pending:
+            try:
+                self.ray.cancel(ref, force=True)   # kills the worker: its entry is written atomically or not
+            except Exception:  # noqa: BLE001 - a task that already finished cannot be cancelled
+                pass
         return len(pending)
 
     def close(self, timeout: float = GRACE_S) -> None:
-        """Shut Ray down once (an owned session) and reap every process it left; idempotent."""
-        with self.lock:
+        """Shut Ray down once (an owned session), after the Ray calls in flight, and reap every
+        process it left; idempotent."""
+        with self.cond:
             self.stop.set()
-            if self.closed or not self.owned:
-                self.closed = True
+            if self.closed:
                 return
             self.closed = True
+            self.cond.wait_for(lambda: self.active == 0, timeout / 3)   # ray.wait returns within POLL_S
+        if self.owned:
             procs = _descendants()
             self.ray.shutdown()
             _reap(procs, timeout / 3)

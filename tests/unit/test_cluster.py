@@ -68,6 +68,12 @@ def tiny_model(tmp_path_factory) -> str:
     return str(tiny_models.build_tiny("llama", tmp_path_factory.mktemp("tiny") / "llama"))
 
 
+@pytest.fixture(scope="module")
+def tiny_models_list(tiny_model, tmp_path_factory) -> str:
+    """Two tiny models, ``a,b``: the driver runs one thread per model."""
+    return f"{tiny_model},{tiny_models.build_tiny('gpt2', tmp_path_factory.mktemp('tiny') / 'gpt2')}"
+
+
 def _env(root: Path) -> dict:
     return {**os.environ, "PHANTOM_RUNS": str(root), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -128,9 +134,10 @@ def _started_by(root: Path) -> list[str]:
 @pytest.mark.ray
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
-def test_a_signal_stops_the_campaign_and_every_process_it_started(signum, status, word, tiny_model, tmp_path):
+def test_a_signal_stops_the_campaign_and_every_process_it_started(signum, status, word, tiny_models_list,
+                                                                  tmp_path):
     root = tmp_path / "runs"
-    proc = _campaign(tiny_model, root)
+    proc = _campaign(tiny_models_list, root)
     procs = _running_task(proc)
     assert _non_loopback_listeners([psutil.Process(proc.pid), *procs]) == []   # the private cluster: loopback only
     sent = time.monotonic()
