@@ -18,6 +18,7 @@ a cluster, Securing a cluster):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 LOOPBACK = "127.0.0.1"
 CONNECT_S = 10.0   # an --address whose GCS port does not accept a connection within this is refused
@@ -137,13 +138,32 @@ class Session:
         self.pending: set = set()     # object refs of the tasks submitted and not yet collected
         if not self.owned:
             return
+        self.before = {p.pid for p in _descendants()}   # processes that are not the session's to reap
         common = dict(log_to_driver=False, logging_level="WARNING")
-        if address is None:
-            ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
-                     resources=resources or {}, **common)
-        else:
+        if address is not None:
             probe(address)
-            ray.init(address=address, **common)
+        caught: list[int] = []
+        try:
+            with _deferred(caught, ray):   # an exception raised inside ray.init could leave its locks held
+                if address is None:
+                    ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
+                             resources=resources or {}, **common)
+                else:
+                    ray.init(address=address, **common)
+        except BaseException:
+            self.closed = True
+            self._shutdown()
+            raise
+        if caught:               # Ctrl-C or SIGTERM while Ray started: what it started goes too
+            self.closed = True
+            self._shutdown()
+            raise Terminated(caught[0])
+
+    def _shutdown(self, timeout: float = GRACE_S) -> None:
+        procs = [p for p in _descendants() if p.pid not in self.before]
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+        _reap(procs, timeout / 3)
 
     def call(self, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)`` — a Ray call — unless the session is stopping (then :class:`_Stopped`)."""
@@ -182,9 +202,7 @@ class Session:
             self.closed = True
             self.cond.wait_for(lambda: self.active == 0, timeout / 3)   # ray.wait returns within POLL_S
         if self.owned:
-            procs = _descendants()
-            self.ray.shutdown()
-            _reap(procs, timeout / 3)
+            self._shutdown(timeout)
 
 
 class _Job(threading.Thread):
@@ -201,8 +219,43 @@ class _Job(threading.Thread):
             self.error = err
 
 
+@contextlib.contextmanager
+def _deferred(caught: list[int], ray) -> Iterator[None]:
+    """In the main thread, SIGINT and SIGTERM are only recorded in ``caught`` for the block, and
+    ``ray.init`` may not install its SIGTERM handler (``sys.exit`` from wherever init is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    setter = getattr(utils, "set_sigterm_handler", None)
+    if setter is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if setter is not None:
+            utils.set_sigterm_handler = setter
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signals() -> Iterator[None]:
+    """In the main thread, SIGINT and SIGTERM raise :class:`Terminated` for the block (Ray's own
+    SIGTERM handler, set by ``ray.init``, would exit without a word); elsewhere, nothing."""
+    main = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _wait(jobs: Sequence[_Job]) -> None:
@@ -224,24 +277,27 @@ def run_jobs(session: Session, jobs: Sequence[Callable]) -> list:
     """
     threads = [_Job(fn) for fn in jobs]
     main = threading.current_thread() is threading.main_thread()
-    before = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        for t in threads:
-            t.start()
-        _wait(threads)
+        with signals():      # again: ray.init has set its own SIGTERM handler since
+            for t in threads:
+                t.start()
+            _wait(threads)
     except KeyboardInterrupt as err:
-        for s in before:
-            signal.signal(s, signal.SIG_IGN)      # a second Ctrl-C must not cut the shutdown short
+        for s in before:     # a second Ctrl-C must not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
-        n = session.interrupt()
-        print(f"phantom: {signal.Signals(signum).name}: cancelling {n} running Ray tasks and shutting Ray "
-              f"down (at most {GRACE_S:g} s) …", file=sys.stderr, flush=True)
-        _finish(session, threads)
+        try:
+            n = session.interrupt()
+            print(f"phantom: {signal.Signals(signum).name}: cancelling {n} running Ray task{'' if n == 1 else 's'} "
+                  f"and shutting Ray down (at most {GRACE_S:g} s) …", file=sys.stderr, flush=True)
+            _finish(session, threads)
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
         raise Terminated(signum) from None
     finally:
         _finish(session, threads)
-        for s, handler in before.items():
-            signal.signal(s, handler)
     failed = [t.error for t in threads if t.error is not None and not isinstance(t.error, _Stopped)]
     if failed:
         raise failed[0]

@@ -471,18 +471,20 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
         (:func:`phantom.cluster.run_jobs`). ``compute`` closes the Ray session it opened
         whichever way it ends.
     """
-    ex = make_executor(executor, address, **options)
     lock = threading.Lock()
-    if not ex.parallel:
+    if executor != "ray":
+        ex = make_executor(executor, address, **options)
         return [compute_campaign(c, ex, progress, lock) for c in campaigns]
-    try:
-        for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
-            runs.model_info(c.model)
-    except BaseException:
-        ex.close()
-        raise
-    return cluster.run_jobs(ex.session, [functools.partial(compute_campaign, c, ex, progress, lock)
-                                         for c in campaigns])
+    with cluster.signals():   # SIGTERM while Ray starts: Terminated, and what it started goes too
+        ex = make_executor(executor, address, **options)
+        try:
+            for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
+                runs.model_info(c.model)
+        except BaseException:
+            ex.close()
+            raise
+        return cluster.run_jobs(ex.session, [functools.partial(compute_campaign, c, ex, progress, lock)
+                                             for c in campaigns])
 
 
 IMPORTED: dict[str, bytes] = _imported_sources()
