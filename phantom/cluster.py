@@ -80,9 +80,21 @@ def import_ray(private: bool = False):
 
 
 def probe(address: str, timeout: float = CONNECT_S) -> None:
-    """Raise :class:`ExecutorError` unless the GCS port of ``address`` accepts a TCP connection."""
+    """Raise :class:`ExecutorError` unless the GCS port of ``address`` accepts a TCP connection.
+
+    ``auto`` is the address Ray would use ($RAY_ADDRESS, else the cluster ``ray start`` last
+    recorded); when there is none, ``ray.init`` says so at once.
+    """
+    shown = address
     if address == "auto":
-        return   # ray.init finds the local cluster's address itself, or fails at once
+        try:
+            from ray._private import services
+            address = services.canonicalize_bootstrap_address("auto") or ""
+        except Exception:  # noqa: BLE001 - no cluster recorded, or another Ray: ray.init reports it
+            return
+        if not address:
+            return
+        shown = f"auto ({address})"
     m = _ADDRESS.fullmatch(address)
     if m is None:
         raise ExecutorError(f"not a Ray address (auto, HOST:PORT or ray://HOST:PORT): {address!r}")
@@ -91,7 +103,7 @@ def probe(address: str, timeout: float = CONNECT_S) -> None:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
         reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise ExecutorError(f"no Ray cluster at {address}: cannot connect to {host}:{port} within "
+        raise ExecutorError(f"no Ray cluster at {shown}: cannot connect to {host}:{port} within "
                             f"{timeout:g} s ({reason})") from None
 
 

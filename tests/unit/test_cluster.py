@@ -54,6 +54,14 @@ def test_probe_names_an_address_where_nothing_listens_at_once():
     assert time.monotonic() - start < cluster.CONNECT_S
 
 
+@pytest.mark.ray
+def test_probe_of_auto_follows_ray_address(monkeypatch):
+    port = closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(cluster.ExecutorError, match=rf"no Ray cluster at auto \([0-9.]+:{port}\): cannot connect"):
+        cluster.probe("auto")
+
+
 def test_probe_passes_a_listening_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
