@@ -4,8 +4,8 @@
 a cluster, Securing a cluster):
 
 - A private one-node cluster (no ``--address``) binds every listener to 127.0.0.1: the GCS,
-  the raylet, the workers, the runtime-env agent; no dashboard. Nothing on the network can
-  reach it.
+  the raylet, the workers, the agents, the minimal dashboard head Ray keeps without its UI.
+  Nothing on the network can reach it.
 - ``--address HOST:PORT`` is probed first (a TCP connect within :data:`CONNECT_S`): an address
   where nothing answers is one line, not a hang. That cluster's network is the user's.
 - Every Ray call of the driver's threads goes through :meth:`Session.call`, which refuses once
@@ -48,8 +48,8 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-class _Stopped(Exception):
-    """Internal: a driver thread asked Ray for something after the session began to stop."""
+class Stopped(Exception):
+    """A driver thread asked Ray for something after its session began to stop (the thread ends)."""
 
 
 def parse_address(text: str) -> str:
@@ -178,10 +178,10 @@ class Session:
         _reap(procs, timeout / 3)
 
     def call(self, fn: Callable, *args, **kwargs):
-        """``fn(*args, **kwargs)`` — a Ray call — unless the session is stopping (then :class:`_Stopped`)."""
+        """``fn(*args, **kwargs)`` — a Ray call — unless the session is stopping (then :class:`Stopped`)."""
         with self.cond:
             if self.stop.is_set():
-                raise _Stopped()
+                raise Stopped()
             self.active += 1
         try:
             return fn(*args, **kwargs)
@@ -273,7 +273,7 @@ def signals() -> Iterator[None]:
 def _wait(jobs: Sequence[_Job]) -> None:
     """Until every job ends or one fails; Ctrl-C and SIGTERM raise :class:`Terminated` here."""
     while any(j.is_alive() for j in jobs):
-        if any(j.error is not None and not isinstance(j.error, _Stopped) for j in jobs):
+        if any(j.error is not None and not isinstance(j.error, Stopped) for j in jobs):
             return
         for j in jobs:
             j.join(POLL_S)
@@ -310,7 +310,7 @@ def run_jobs(session: Session, jobs: Sequence[Callable]) -> list:
         raise Terminated(signum) from None
     finally:
         _finish(session, threads)
-    failed = [t.error for t in threads if t.error is not None and not isinstance(t.error, _Stopped)]
+    failed = [t.error for t in threads if t.error is not None and not isinstance(t.error, Stopped)]
     if failed:
         raise failed[0]
     return [t.result for t in threads]

@@ -325,11 +325,11 @@ class RayExecutor:
                 if ready:
                     yield self._done(refs[ready[0]], ready[0])
         finally:
-            with suppress(cluster._Stopped):
+            with suppress(cluster.Stopped):
                 call(self._cancel, [ref for ref in refs if ref in self.session.pending])
 
     def submit(self, task: Task, weights: str, root: str):
-        """Submit ``task`` (under the session's lock): its object ref."""
+        """Submit ``task`` (a Ray call: through :meth:`phantom.cluster.Session.call`); its object ref."""
         ref = self.remote.options(**task.resources).remote(task, self.fingerprint, weights, root)
         self.session.pending.add(ref)
         return ref
