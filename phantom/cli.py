@@ -7,9 +7,11 @@ matter of writing those two functions and one entry.
 Errors a user can cause (unknown model or context, bad numbers, an unusable context, a
 missing weight package, a model that cannot load, an unusable run store, model cache or
 output directory) end the program with one line ``phantom: error: …`` on stderr: exit status 2
-for command-line usage errors, 1 for the others. Every directory a command writes to is
-checked before any model is loaded or fine-tuned. Warnings (a run that could not be stored,
-a corrupt entry being recomputed) are one line ``phantom: warning: …``.
+for command-line usage errors, 1 for the others; Ctrl-C is ``interrupted``, status 130 (and, with
+the ray executor, SIGTERM is ``terminated``, 143, after Ray is shut down: :mod:`phantom.cluster`).
+Every directory a command writes to is checked before any model is loaded or fine-tuned.
+Warnings (a run that could not be stored, a corrupt entry being recomputed) are one line
+``phantom: warning: …``.
 """
 from __future__ import annotations
 
