@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phantom import campaign as cmp
-from phantom import claims, cli, dynamics, executor, files, runs, store, zoo
+from phantom import claims, cli, cluster, dynamics, executor, files, runs, store, zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds per model, large enough for saturation fits and an η_c bisection.
@@ -316,10 +316,9 @@ def ray_cluster():
     if os.environ.get("PYTEST_XDIST_WORKER"):
         pytest.skip("Ray tests start one cluster per session: run them apart, without xdist: "
                     "pytest tests/unit -m ray -p no:xdist")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # read at import: every server on loopback
-    import ray
-    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
-             resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
+    ray = cluster.import_ray(private=True)   # every server on loopback, even if Ray was imported already
+    ray.init(address="local", _node_ip_address=cluster.LOOPBACK, num_cpus=2, object_store_memory=100 * 2**20,
+             include_dashboard=False, resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'unit'}"}})
     yield ray
     ray.shutdown()
