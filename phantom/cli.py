@@ -7,9 +7,11 @@ matter of writing those two functions and one entry.
 Errors a user can cause (unknown model or context, bad numbers, an unusable context, a
 missing weight package, a model that cannot load, an unusable run store, model cache or
 output directory) end the program with one line ``phantom: error: …`` on stderr: exit status 2
-for command-line usage errors, 1 for the others. Every directory a command writes to is
-checked before any model is loaded or fine-tuned. Warnings (a run that could not be stored,
-a corrupt entry being recomputed) are one line ``phantom: warning: …``.
+for command-line usage errors, 1 for the others; Ctrl-C is ``interrupted``, status 130 (and, with
+the ray executor, SIGTERM is ``terminated``, 143, after Ray is shut down: :mod:`phantom.cluster`).
+Every directory a command writes to is checked before any model is loaded or fine-tuned.
+Warnings (a run that could not be stored, a corrupt entry being recomputed) are one line
+``phantom: warning: …``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import campaign, contexts, dynamics, executor, files, progress, runs, store, zoo
+from . import campaign, cluster, contexts, dynamics, executor, files, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -113,6 +115,13 @@ def _out_dir(text: str) -> Path:
 def _models(text: str) -> tuple[str, ...]:
     try:
         return campaign.parse_models(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _address(text: str) -> str:
+    try:
+        return cluster.parse_address(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -601,7 +610,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --- `campaign` -----------------------------------------------------------------------
 
 def configure_campaign(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=None,
+    p.add_argument("--models", type=_models, default=None,
                    help="comma-separated zoo names, hub ids or local dirs (default: the claim suite's "
                         "offline zoo under --budget)")
     p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
@@ -609,9 +618,9 @@ def configure_campaign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=executor.EXECUTORS,
                    help="local: one run after another in this process; ray: Ray tasks on a cluster "
                         f"(needs the optional extra: {executor.INSTALL}) (default: %(default)s)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address, e.g. auto or HOST:6379 (only with --executor ray; "
-                        "default: a private one-node cluster)")
+    p.add_argument("--address", type=_address, default=None, metavar="ADDR",
+                   help="Ray cluster address: auto, HOST:PORT or ray://HOST:PORT (only with --executor ray; "
+                        "default: a private one-node cluster bound to 127.0.0.1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="torch device of the fine-tuning runs (default: %(default)s)")
 
@@ -652,7 +661,7 @@ class ProgressDisplay:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     clock = _Clock()
-    models = campaign.select_models(args.models, "offline", args.budget)
+    models = args.models or campaign.select_models(None, "offline", args.budget)
     for m in models:
         zoo.check_name(m)
     if args.address is not None and args.executor != "ray":
@@ -660,7 +669,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     if args.executor == "local":
         check_device(args.device)   # ray: each worker's device is its own
     else:
-        executor.import_ray()       # fail now, with the install command, if Ray is missing
+        executor.import_ray(private=args.address is None)   # fail now, with the install command, if Ray is missing
     where = "this process" if args.executor == "local" else f"Ray ({args.address or 'a private cluster'})"
     clock(f"campaign of {', '.join(models)} (budget {args.budget}) on {where}, device {args.device}; "
           f"run store {store.default_root()} …")
@@ -778,9 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:   # any other file-system fault (disk full, I/O error): one line too
         _error(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
         return 1
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+    except KeyboardInterrupt as err:   # Ctrl-C; with the ray executor also SIGTERM (phantom.cluster)
+        signum = getattr(err, "signum", 2)
+        _error("terminated" if signum == 15 else "interrupted")
+        return 128 + signum
     finally:
         if fresh_out and status != 0:     # a failed command leaves no empty --out behind
             with contextlib.suppress(OSError):

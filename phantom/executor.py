@@ -12,6 +12,8 @@ cached computation of :mod:`phantom.runs` each — run by an executor into the r
   storage would serialise the whole cluster). A worker refuses, in one line, to compute for
   a driver whose environment fingerprint differs (its keys would silently differ); a task
   that raises or dies is retried, and the store's atomic writes leave no partial entry.
+  Its Ray session (:mod:`phantom.cluster`) binds a private cluster to loopback, refuses an
+  address where nothing answers, and stops on Ctrl-C or SIGTERM without restarting Ray.
 
 The adaptive runs (saturation brackets, critical-LR searches, the operating point: SPEC
 §5 A1–A2, §6 A4) are placed on the driver (:mod:`phantom.search`), each step's runs computed
@@ -22,22 +24,26 @@ The store must be one POSIX directory at the same path on every node (``flock`` 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import importlib.metadata
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 
 from . import campaign as cmp
-from . import contexts, runs, search, zoo
+from . import cluster, contexts, runs, search, store, zoo
+from .cluster import INSTALL, ExecutorError, import_ray  # noqa: F401 - this module's API too
 from .store import RunStore
 
 EXECUTORS = ("local", "ray")
 HEAVY = "phantom_heavy_ft"      # custom per-node Ray resource: one heavy full fine-tune at a time
-INSTALL = "pip install -c requirements/lock.txt -e '.[cluster]'"
 
 # Peak RSS of one task process (resource.getrusage ru_maxrss, 1 torch thread), measured
 # 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32), one fresh process per figure:
@@ -53,10 +59,6 @@ SMOLLM2_PARAMS = 134_515_008
 PEAK_RSS = {"base": 361_164_800, "forward": 1_062_260_736, "blind": 3_250_573_312,
             "full": 3_592_261_632, "lora": 1_856_962_560}
 GPU_SHARE = {"full": 1.0, "lora": 0.25}   # num_gpus of a run with --device cuda
-
-
-class ExecutorError(Exception):
-    """A task failed after its retries, or the cluster cannot run it (one-line message)."""
 
 
 class EnvironmentMismatch(ExecutorError):
@@ -105,9 +107,59 @@ class Progress:
 
 # --- environment fingerprint -------------------------------------------------------------
 
+PACKAGES = ("numpy", "tokenizers", "safetensors", "gguf")   # beyond runs.versions(): torch, transformers, peft
+MODULES = ("heap", "zoo", "store", "files", "cluster", "executor")   # beyond the keys' (runs.sources)
+
+
+def _imported_sources() -> dict[str, bytes]:
+    """The source of every module a result depends on, read when this module is imported.
+
+    Each module is imported here, so its bytes are read at the moment its code is loaded
+    (a worker imports this module to unpickle its first task): a file edited on disk later
+    changes neither this process's code nor its fingerprint.
+    """
+    names = sorted({m for kind in runs.ROOTS for m in runs.sources(kind)} | set(MODULES))
+    out = {}
+    for name in names:
+        module = sys.modules.get(f"{__package__}.{name}") or importlib.import_module(f".{name}", __package__)
+        out[name] = module.__loader__.get_data(module.__file__)
+    return out
+
+
+def _package_versions() -> dict[str, str]:
+    """Versions of :data:`PACKAGES` ("absent" if not installed) and the BLAS NumPy was built with."""
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    import numpy
+    with suppress(Exception):   # the build configuration's layout is NumPy's, not an API
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        out["numpy_blas"] = f"{blas['name']} {blas['version']}"
+    return out
+
+
 def fingerprint() -> dict[str, str]:
-    """What must agree between driver and workers for their keys to agree: versions and code."""
-    return {**runs.versions(), **{f"code_sha256[{k}]": runs.code_sha256(k) for k in runs.ROOTS}}
+    """What must agree between driver and workers for their keys and results to agree.
+
+    The versions of torch, transformers, peft, Python (:func:`phantom.runs.versions`) and of
+    :data:`PACKAGES` with NumPy's BLAS; ``code_sha256[kind]`` of every run-store kind, as
+    :func:`phantom.runs.code_sha256` computes it but over the sources as imported
+    (:data:`IMPORTED`); ``source_sha256[module]`` of :data:`MODULES`; and the public name of
+    the store's signing secret (:func:`phantom.store.secret_id`), so that a worker never writes
+    entries its driver would refuse.
+    """
+    code = {}
+    for kind in runs.ROOTS:
+        digest = hashlib.sha256()
+        for name in runs.sources(kind):
+            digest.update(name.encode() + b".py\0" + IMPORTED[name])
+        code[f"code_sha256[{kind}]"] = digest.hexdigest()
+    sources = {f"source_sha256[{m}]": hashlib.sha256(IMPORTED[m]).hexdigest() for m in MODULES}
+    return {**runs.versions(), **_package_versions(), **code, **sources,
+            "store_key": store.secret_id(store.secret_from_env())}
 
 
 def differences(driver: dict[str, str], worker: dict[str, str]) -> str:
@@ -190,15 +242,6 @@ class LocalExecutor:
             yield Done(task, len(c.store.computed) > before, start, time.time(), "local", os.getpid())
 
 
-def import_ray():
-    """The ``ray`` module, or :class:`ExecutorError` naming the install command."""
-    try:
-        import ray
-    except ImportError:
-        raise ExecutorError(f"the ray executor needs Ray, an optional extra: {INSTALL}") from None
-    return ray
-
-
 def _worker(task: Task, driver: dict[str, str], weights_sha256: str, root: str) -> dict:
     """A Ray task: check the environment, set torch threads, compute ``task`` into the store."""
     import ray
@@ -247,20 +290,15 @@ class RayExecutor:
     parallel = True
 
     def __init__(self, address: str | None = None, *, max_retries: int = 2):
-        ray = self.ray = import_ray()
-        if not ray.is_initialized():
-            if address is None:
-                ray.init(address="local", resources={HEAVY: 1}, include_dashboard=False, log_to_driver=False,
-                         logging_level="WARNING")
-            else:
-                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        self.session = cluster.Session(address, resources={HEAVY: 1})
+        ray = self.ray = self.session.ray
         self.max_retries = max_retries
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=True)(_worker)
         self.fingerprint = fingerprint()
 
     def check_feasible(self, tasks: Iterable[Task]) -> None:
         """Raise :class:`ExecutorError` when no live node can ever run one of ``tasks``."""
-        nodes = [n["Resources"] for n in self.ray.nodes() if n["Alive"]]
+        nodes = [n["Resources"] for n in self.session.call(self.ray.nodes) if n["Alive"]]
         for task in tasks:
             need = {"CPU": task.resources["num_cpus"], "memory": task.resources["memory"],
                     "GPU": task.resources.get("num_gpus", 0), **task.resources.get("resources", {})}
@@ -272,28 +310,49 @@ class RayExecutor:
                                     f"node offers {have}{hint}")
 
     def run(self, c: cmp.Campaign, tasks: Sequence[Task]) -> Iterator[Done]:
-        ray = self.ray
+        ray, call = self.ray, self.session.call
         self.check_feasible(tasks)
         c.store.root.mkdir(parents=True, exist_ok=True)
         weights = runs.weights_sha256(c.model)
-        refs = {self.remote.options(**task.resources).remote(task, self.fingerprint, weights, str(c.store.root)): task
-                for task in tasks}
-        pending = list(refs)
+        refs = {}
         try:
+            for task in tasks:   # each submission, like every Ray call, refused once the session stops
+                ref = call(self.submit, task, weights, str(c.store.root))
+                refs[ref] = task
+            pending = list(refs)
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                task = refs[ready[0]]
-                try:
-                    out = ray.get(ready[0])
-                except ray.exceptions.RayError as err:
-                    raise ExecutorError(f"{task} failed after {self.max_retries} retries: "
-                                        f"{_one_line(err)}") from None
-                if "refused" in out:
-                    raise EnvironmentMismatch(out["refused"])
-                yield Done(task, out["computed"], out["start"], out["end"], out["node"], out["pid"])
+                ready, pending = call(ray.wait, pending, num_returns=1, timeout=cluster.POLL_S)
+                if ready:
+                    yield self._done(refs[ready[0]], ready[0])
         finally:
-            for ref in pending:
-                ray.cancel(ref)
+            with suppress(cluster.Stopped):
+                call(self._cancel, [ref for ref in refs if ref in self.session.pending])
+
+    def submit(self, task: Task, weights: str, root: str):
+        """Submit ``task`` (a Ray call: through :meth:`phantom.cluster.Session.call`); its object ref."""
+        ref = self.remote.options(**task.resources).remote(task, self.fingerprint, weights, root)
+        self.session.pending.add(ref)
+        return ref
+
+    def _done(self, task: Task, ref) -> Done:
+        try:
+            out = self.session.call(self.ray.get, ref)
+        except self.ray.exceptions.RayError as err:
+            raise ExecutorError(f"{task} failed after {self.max_retries} retries: {_one_line(err)}") from None
+        finally:
+            self.session.pending.discard(ref)
+        if "refused" in out:
+            raise EnvironmentMismatch(out["refused"])
+        return Done(task, out["computed"], out["start"], out["end"], out["node"], out["pid"])
+
+    def _cancel(self, refs: list) -> None:
+        for ref in refs:
+            self.ray.cancel(ref)
+            self.session.pending.discard(ref)
+
+    def close(self) -> None:
+        """Shut down the Ray session this executor opened (see :class:`phantom.cluster.Session`)."""
+        self.session.close()
 
 
 def make_executor(name: str, address: str | None = None, **options) -> LocalExecutor | RayExecutor:
@@ -412,13 +471,27 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
     ------
     ExecutorError
         Ray missing, a task failing after its retries, a task no node can run, or a worker
-        refusing (:class:`EnvironmentMismatch`).
+        refusing (:class:`EnvironmentMismatch`), an ``address`` where no cluster answers.
+    phantom.cluster.Terminated
+        With ``ray``, Ctrl-C or SIGTERM: the running tasks were cancelled and Ray shut down
+        (:func:`phantom.cluster.run_jobs`). ``compute`` closes the Ray session it opened
+        whichever way it ends.
     """
-    ex = make_executor(executor, address, **options)
     lock = threading.Lock()
-    if not ex.parallel:
+    if executor != "ray":
+        ex = make_executor(executor, address, **options)
         return [compute_campaign(c, ex, progress, lock) for c in campaigns]
-    for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
-        runs.model_info(c.model)
-    with ThreadPoolExecutor(max_workers=max(1, len(campaigns))) as pool:
-        return list(pool.map(lambda c: compute_campaign(c, ex, progress, lock), campaigns))
+    with cluster.signals():   # SIGTERM while Ray starts: Terminated, and what it started goes too
+        ex = make_executor(executor, address, **options)
+        try:
+            for c in campaigns:   # before the threads: a local model's facts come from loading it into runs.SLOT
+                runs.model_info(c.model)
+        except BaseException:
+            ex.close()
+            raise
+        return cluster.run_jobs(ex.session, [functools.partial(compute_campaign, c, ex, progress, lock)
+                                             for c in campaigns])
+
+
+IMPORTED: dict[str, bytes] = _imported_sources()
+"""File name → source bytes of every module the fingerprint covers, read as this module is imported."""

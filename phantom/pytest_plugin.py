@@ -176,11 +176,18 @@ class ClaimsSession:
     def pytest_sessionstart(self, session):
         """With ``--executor ray``, the controller computes every entry of the session first."""
         if self.config.getoption("--executor") == "ray" and not hasattr(self.config, "workerinput"):
-            from . import executor  # Ray: an optional extra
+            from . import cluster, executor  # Ray: an optional extra
+            address = self.config.getoption("--address")
             try:
-                executor.compute(self.zoo(), "ray", self.config.getoption("--address"))
-            except executor.ExecutorError as err:
-                raise pytest.UsageError(str(err)) from None
+                if address is not None:
+                    cluster.parse_address(address)
+                executor.compute(self.zoo(), "ray", address)
+            except (executor.ExecutorError, ValueError) as err:
+                raise pytest.UsageError(f"--address: {err}" if isinstance(err, ValueError) else str(err)) from None
+            except KeyboardInterrupt as err:   # Ctrl-C or SIGTERM: Ray is down, its tasks cancelled
+                signum = getattr(err, "signum", 2)
+                pytest.exit(f"{'terminated' if signum == 15 else 'interrupted'} while computing the session's "
+                            "runs on Ray; the entries written so far are kept", returncode=128 + signum)
 
     def pytest_runtest_logreport(self, report):
         """Controller side: every report, including those relayed from xdist workers."""

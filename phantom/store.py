@@ -27,6 +27,23 @@ Floats round-trip exactly (``repr``), and NaN / ±inf are written as JSON's
 ``NaN`` / ``Infinity`` extensions. Hashes are taken over canonical JSON *text*,
 so a payload holding NaN still verifies although ``nan != nan``.
 
+Signed entries
+--------------
+A checksum is not authentication: anyone who may write a shared store can put an entry
+there whose hashes verify. With ``$PHANTOM_STORE_KEY`` set (a secret shared by everyone
+trusted to write the store), every entry is written with ``"hmac_sha256"``, HMAC-SHA256 of
+``"<format>:<key_sha256>:<payload_sha256>"`` under that secret, and only entries whose
+signature verifies are served: an unsigned or mis-signed one is treated like a corrupt
+one — a :class:`StoreWarning` names it, it is recomputed and overwritten signed (in a
+read-only view it counts as absent). Without the variable, signatures are neither written
+nor checked.
+
+Read-only stores
+----------------
+A store directory this process cannot write (permissions, a read-only mount) still serves
+the entries it holds; only a miss, which would need a write, fails, with one line
+(:class:`phantom.files.UnusablePath`) before anything is computed.
+
 Guarantees
 ----------
 * Entries are written atomically (temporary file in the same directory, fsync,
@@ -48,6 +65,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import json
 import os
 import pathlib
@@ -59,10 +77,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from .files import ensure_dir, exclusive_lock, write_atomic
+from .files import UnusablePath, ensure_dir, exclusive_lock, write_atomic
 
 FORMAT = 1
 """Version of the entry file format written and accepted by :class:`RunStore`."""
+
+KEY_ENV = "PHANTOM_STORE_KEY"
+"""Environment variable holding the secret entries are signed and checked with (see Signed entries)."""
 
 _RECORD_FIELDS = ("format", "key", "key_sha256", "payload", "payload_sha256", "provenance")
 
@@ -180,8 +201,39 @@ def _verify(record: Any, expected_hash: str) -> dict:
     return record
 
 
-def _load(path: pathlib.Path, expected_hash: str, validate: Validator | None = None) -> dict | None:
+def secret_from_env() -> bytes | None:
+    """The signing secret, ``$PHANTOM_STORE_KEY`` as UTF-8 bytes, or None when unset or empty."""
+    value = os.environ.get(KEY_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def signature(secret: bytes, record: dict) -> str:
+    """HMAC-SHA256 (hex) of an entry's format, key hash and payload hash under ``secret``."""
+    message = f"{record['format']}:{record['key_sha256']}:{record['payload_sha256']}".encode("ascii")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def secret_id(secret: bytes | None) -> str:
+    """A public name of ``secret`` (its HMAC of a fixed text, 16 hex digits), or "none"."""
+    return "none" if secret is None else hmac.new(secret, b"phantom run store", hashlib.sha256).hexdigest()[:16]
+
+
+def _check_signature(record: dict, secret: bytes | None) -> None:
+    """Raise :class:`_Corrupt` unless ``record`` is signed under ``secret`` (nothing to check without one)."""
+    if secret is None:
+        return
+    given = record.get("hmac_sha256")
+    if not isinstance(given, str):
+        raise _Corrupt(f"unsigned entry (${KEY_ENV} is set: only signed entries are served)")
+    if not hmac.compare_digest(given, signature(secret, record)):
+        raise _Corrupt(f"its signature does not verify under ${KEY_ENV}")
+
+
+def _load(path: pathlib.Path, expected_hash: str, validate: Validator | None = None,
+          secret: bytes | None = None) -> dict | None:
     """Read and verify the entry at ``path`` (and its payload with ``validate``, if given).
+
+    With ``secret``, the entry must also carry its valid signature (:func:`signature`).
 
     Returns
     -------
@@ -204,6 +256,7 @@ def _load(path: pathlib.Path, expected_hash: str, validate: Validator | None = N
     except json.JSONDecodeError as exc:
         raise _Corrupt(f"invalid JSON ({exc})") from exc
     record = _verify(record, expected_hash)
+    _check_signature(record, secret)
     if validate is not None:
         try:
             validate(record["payload"])
@@ -246,9 +299,12 @@ class RunStore:
         ``(kind, key hash)`` of every entry asked for / computed through this instance.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, read_only: bool = False):
+    def __init__(self, root: str | os.PathLike | None = None, *, read_only: bool = False,
+                 secret: bytes | None = None):
         self.root = pathlib.Path(root) if root is not None else default_root()
         self.read_only = read_only   # serve verified entries only: a miss raises NotStored
+        self.secret = secret if secret is not None else secret_from_env()   # sign and check entries
+        self.unwritable: str | None = None   # why the directory cannot be written (check() found out)
         # (kind, key hash) of every entry asked for / computed through this instance: a claims
         # session reports them to tell a cold store (everything computed) from a warm one.
         self.requested: set[tuple[str, str]] = set()
@@ -256,14 +312,23 @@ class RunStore:
         self._checked = False
 
     def check(self) -> None:
-        """Create the store directory if needed and prove it writable.
+        """Create the store directory if needed and find out whether it is writable.
+
+        An existing directory this process may read but not write is usable, read-only: its
+        entries are served and :attr:`unwritable` says why a miss cannot be stored.
 
         Raises
         ------
         phantom.files.UnusablePath
-            Naming the directory and the reason (a file, ``/proc``, read-only, …).
+            Naming the directory and the reason (a file, ``/proc``, not creatable, …).
         """
-        ensure_dir(self.root, "run store")
+        try:
+            ensure_dir(self.root, "run store")
+            self.unwritable = None
+        except UnusablePath as err:
+            if not (self.root.is_dir() and os.access(self.root, os.R_OK | os.X_OK)):
+                raise
+            self.unwritable = str(err)
         self._checked = True
 
     def __repr__(self) -> str:
@@ -293,7 +358,7 @@ class RunStore:
         h = key_hash(key)
         path = self._path(h, ".json")
         try:
-            return _load(path, h, validate)
+            return _load(path, h, validate, self.secret)
         except _Corrupt as exc:
             _warn_corrupt(path, str(exc))
             return None
@@ -339,16 +404,19 @@ class RunStore:
         self.requested.add((key.get("kind", ""), h))
         path = self._path(h, ".json")
         with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
-            record = _load(path, h, validate)
+            record = _load(path, h, validate, self.secret)
             if record is not None:
                 return record["payload"]
         if self.read_only:
             raise NotStored(f"its {key.get('kind', 'entry')} entry is not in the run store {self.root}")
         if not self._checked:
             self.check()
+        if self.unwritable:
+            raise UnusablePath(f"{self.unwritable}: its {key.get('kind', 'entry')} entry is missing and "
+                               "cannot be stored")
         with exclusive_lock(self._path(h, ".lock"), f"run-store entry {h[:12]}… ({key.get('kind', 'entry')})"):
             try:
-                record = _load(path, h, validate)
+                record = _load(path, h, validate, self.secret)
             except _Corrupt as exc:
                 _warn_corrupt(path, str(exc))
                 record = None
@@ -376,6 +444,8 @@ class RunStore:
             "payload_sha256": _sha256(payload_text),
             "provenance": _provenance(wall_s),
         }
+        if self.secret is not None:
+            record["hmac_sha256"] = signature(self.secret, record)
         try:
             write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
         except OSError as exc:

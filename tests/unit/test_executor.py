@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 import tiny_models
 
 from phantom import campaign as cmp
-from phantom import claims, cli, dynamics, executor, files, runs, store, zoo
+from phantom import claims, cli, cluster, dynamics, executor, files, runs, store, zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds per model, large enough for saturation fits and an η_c bisection.
@@ -97,6 +98,9 @@ def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_heavy_unit():
 def test_fingerprint_differences_name_each_field():
     here = executor.fingerprint()
     assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.ROOTS}
+    assert set(here) >= {"numpy", "numpy_blas", "tokenizers", "safetensors", "gguf", "store_key"} | \
+        {f"source_sha256[{m}]" for m in ("heap", "zoo", "store", "executor")}
+    assert all(here[f"code_sha256[{k}]"] == runs.code_sha256(k) for k in runs.ROOTS)   # the store keys' hashes
     assert executor.differences(here, dict(here)) == ""
     other = {**here, "torch": "0.0.1", "code_sha256[bulk]": "f" * 64}
     diff = executor.differences(here, other)
@@ -245,10 +249,9 @@ def ray_cluster():
     if os.environ.get("PYTEST_XDIST_WORKER"):
         pytest.skip("Ray tests start one cluster per session: run them apart, without xdist: "
                     "pytest tests/unit -m ray -p no:xdist")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"   # read at import: every server on loopback
-    import ray
-    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False,
-             resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
+    ray = cluster.import_ray(private=True)   # every server on loopback, even if Ray was imported already
+    ray.init(address="local", _node_ip_address=cluster.LOOPBACK, num_cpus=2, object_store_memory=100 * 2**20,
+             include_dashboard=False, resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'unit'}"}})
     yield ray
     ray.shutdown()
@@ -381,3 +384,40 @@ def test_a_task_no_node_can_run_is_reported_at_once(ray_cluster, tiny, tmp_path)
         assert needs in str(err.value) and "\n" not in str(err.value)
     assert not list((tmp_path / "runs").glob("*/*.json")) or all(
         json.loads(p.read_text())["key"]["kind"] == "orientation" for p in (tmp_path / "runs").glob("*/*.json"))
+
+
+_FINGERPRINT = """
+import json, sys
+from pathlib import Path
+from phantom import executor
+before = executor.fingerprint()
+if len(sys.argv) > 1:
+    path = Path(executor.__file__).parent / "dynamics.py"
+    path.write_text(path.read_text() + "\\n# edited after import\\n")
+print(json.dumps([before, executor.fingerprint()]))
+"""
+
+
+def test_fingerprint_hashes_the_code_as_imported_not_as_on_disk_now(tmp_path):
+    """Editing a module after import changes neither the process's code nor its fingerprint; the
+    next process, which imports the edited file, has another."""
+    shutil.copytree(ROOT / "phantom", tmp_path / "phantom")
+
+    def run(*argv) -> list[dict]:
+        out = subprocess.run([sys.executable, "-c", _FINGERPRINT, *argv], capture_output=True, text=True,
+                             check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        return json.loads(out.stdout)
+
+    before, after_edit = run("edit")
+    assert after_edit == before
+    (fresh, _) = run()
+    assert executor.differences(before, fresh).startswith("code_sha256[blind_r]")
+    assert {k for k in before if before[k] != fresh[k]} == {f"code_sha256[{k}]" for k in
+                                                          ("blind_r", "trajectory")}
+
+
+def test_a_worker_refuses_a_driver_with_another_store_key(monkeypatch):
+    driver = executor.fingerprint()
+    monkeypatch.setenv(store.KEY_ENV, "a secret the driver lacks")
+    diff = executor.differences(driver, executor.fingerprint())
+    assert diff.startswith("store_key none (driver) ≠ ") and "secret" not in diff

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from phantom import campaign, cli, contexts, dynamics, runs, zoo
+from phantom import campaign, cli, contexts, dynamics, executor, runs, zoo
 from phantom.protocol import MODES
 
 
@@ -167,6 +167,52 @@ def test_fuzz_run_options(opts, no_store):
 def test_fuzz_laws_options(opts):
     check_fuzzed("laws", opts, False)
 
+
+
+# ---------------------------------------------------------------- issue 20: `campaign` options
+
+CAMPAIGN_VALID = {
+    "models": ["smollm2-135m", "smollm2-135m,gemma3-270m", ".", "no-such-model"],
+    "budget": list(campaign.BUDGETS),
+    "executor": list(executor.EXECUTORS),
+    "address": ["auto", "127.0.0.1:6379", "ray://head:10001"],
+    "device": ["cpu", "cuda"],
+}
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Nothing reaches Ray: importing it is a no-op and computing is one line, exit 1."""
+    def reached(*args, **kwargs):
+        raise executor.ExecutorError("the fuzz reached executor.compute")
+
+    monkeypatch.setattr(executor, "import_ray", lambda private=False: None)
+    monkeypatch.setattr(executor, "compute", reached)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("address", ""), ("address", "local"), ("address", "head"), ("address", "head:"), ("address", ":6379"),
+    ("address", "head:0"), ("address", "head:65536"), ("address", "a b:1"), ("address", "http://head:1"),
+    ("models", ""), ("models", ",,"), ("models", "a,,b"), ("budget", "huge"), ("budget", ""),
+    ("executor", "dask"), ("executor", "Ray"), ("device", "cuda:0"), ("device", "meta"), ("device", ""),
+])
+def test_a_bad_campaign_option_is_a_one_line_usage_error(option, value, no_cluster):
+    opts = {"models": "smollm2-135m", "executor": "ray"} | {option: value}
+    code, errors, stderr = run_cli(["campaign"] + [f"--{k}={v}" for k, v in opts.items()])
+    assert code == 2, stderr
+    assert len(errors) == 1 and errors[0].startswith(f"phantom: error: argument --{option}: "), stderr
+
+
+@FUZZ
+@given(opts=options(CAMPAIGN_VALID))
+def test_fuzz_campaign_options(opts):
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(executor, "import_ray", lambda private=False: None)
+        m.setattr(executor, "compute", lambda *a, **k: (_ for _ in ()).throw(executor.ExecutorError("reached")))
+        code, errors, stderr = run_cli(["campaign"] + [f"--{k}={v}" for k, v in opts.items()])
+    assert code in (1, 2), stderr          # never 0: computing is refused above; never a traceback
+    assert len(errors) == 1, stderr
+    event(f"exit {code}: {errors[0].split(':')[2].strip()[:40]}")
 
 
 def test_any_other_file_system_fault_is_one_line(tmp_path, monkeypatch):

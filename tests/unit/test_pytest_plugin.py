@@ -155,3 +155,15 @@ def test_a_session_without_xdist_loaded_works(inner):
     result = run("-p", "no:xdist")
     result.assert_outcomes(passed=N_CASES)
     assert len(report.from_json(paths["json"].read_text())[0]) == N_CASES
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("address, words", [("head:0", "--address: not a Ray address"),
+                                            ("127.0.0.1:1", "no Ray cluster at 127.0.0.1:1: cannot connect")])
+def test_a_bad_or_dead_ray_address_is_one_usage_error(inner, tiny, address, words):
+    run, paths = inner
+    result = run("--executor", "ray", "--address", address)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert err.count(words) == 1 and "INTERNALERROR" not in result.stdout.str() + err
+    assert not paths["md"].exists()

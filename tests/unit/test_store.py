@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
+import hmac
 import json
 import math
 import multiprocessing
@@ -10,13 +12,14 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
 import time
 import warnings
 
 import pytest
 
 from phantom import files
-from phantom.store import RunStore, StoreWarning, default_root, key_hash
+from phantom.store import KEY_ENV, NotStored, RunStore, StoreWarning, default_root, key_hash
 
 KEY = {"model": "tiny", "lr": 1e-3, "seed": 0, "steps": 30}
 OTHER_KEY = {"model": "tiny", "lr": 1e-3, "seed": 1, "steps": 30}
@@ -338,3 +341,106 @@ def test_default_root_falls_back_to_user_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("PHANTOM_RUNS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_root() == tmp_path / ".cache" / "phantom" / "runs"
+
+
+# --- issue 20: signed entries (a checksum is not authentication) -----------------------------
+
+SECRET = b"shared secret of the store's writers"
+
+
+def _forge(rs: RunStore, payload: dict) -> None:
+    """What anyone who may write the store can do: replace the payload and recompute its checksum."""
+    path = rs.path(KEY)
+    record = json.loads(path.read_text())
+    record["payload"] = payload
+    record["payload_sha256"] = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"))
+                                              .encode()).hexdigest()
+    path.write_text(json.dumps(record))
+
+
+def test_a_forged_entry_verifies_without_a_key(tmp_path):
+    rs = RunStore(tmp_path)
+    rs.get_or_compute(KEY, Counter({"x": 1}))
+    _forge(rs, {"x": 666})
+    assert RunStore(tmp_path).get(KEY) == {"x": 666}     # the checksum alone cannot tell
+
+
+def test_with_a_key_a_forged_entry_is_refused_recomputed_and_signed_again(tmp_path):
+    signed = RunStore(tmp_path, secret=SECRET)
+    signed.get_or_compute(KEY, Counter({"x": 1}))
+    assert "hmac_sha256" in json.loads(signed.path(KEY).read_text())
+    _forge(signed, {"x": 666})
+    again = Counter({"x": 1})
+    with pytest.warns(StoreWarning, match="signature does not verify under \\$PHANTOM_STORE_KEY"):
+        assert RunStore(tmp_path, secret=SECRET).get_or_compute(KEY, again) == {"x": 1}
+    assert again.calls == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert RunStore(tmp_path, secret=SECRET).get(KEY) == {"x": 1}   # re-signed: served quietly
+
+
+@pytest.mark.parametrize("writer", [None, b"another secret"], ids=["unsigned", "other-key"])
+def test_with_a_key_an_entry_not_signed_with_it_is_not_served(tmp_path, writer):
+    RunStore(tmp_path, secret=writer).get_or_compute(KEY, Counter({"x": 1}))
+    reader = RunStore(tmp_path, secret=SECRET)
+    with pytest.warns(StoreWarning, match="unsigned entry" if writer is None else "does not verify"):
+        assert reader.get(KEY) is None
+    with pytest.raises(NotStored):   # a read-only view (the claim suite's) counts it as absent
+        RunStore(tmp_path, read_only=True, secret=SECRET).get_or_compute(KEY, Counter({}))
+    assert RunStore(tmp_path).get(KEY) == {"x": 1}   # without a key, signatures are not checked
+
+
+def test_the_key_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET.decode())
+    RunStore(tmp_path).get_or_compute(KEY, Counter({"x": 1}))
+    record = json.loads(RunStore(tmp_path).path(KEY).read_text())
+    assert record["hmac_sha256"] == hmac.new(SECRET, f"1:{key_hash(KEY)}:{record['payload_sha256']}".encode(),
+                                             hashlib.sha256).hexdigest()
+    monkeypatch.setenv(KEY_ENV, "")
+    assert RunStore(tmp_path).secret is None
+
+
+# --- issue 20: a read-only store serves what it holds ----------------------------------------
+
+@pytest.fixture
+def read_only_store(tmp_path):
+    """A store holding KEY's entry whose directory this process cannot write: a read-only bind
+    mount as root (permission bits do not stop root), ``chmod a-w`` otherwise."""
+    base, ro = tmp_path / "base", tmp_path / "ro"
+    RunStore(base).get_or_compute(KEY, Counter({"x": 1}))
+    if os.geteuid() != 0:
+        for path in [base, *base.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        yield base
+        for path in [base, *base.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return
+    ro.mkdir()
+    mount = subprocess.run(["mount", "--bind", str(base), str(ro)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"root, and cannot bind-mount here: {mount.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_store_serves_its_entries_and_refuses_a_miss_in_one_line(read_only_store):
+    rs = RunStore(read_only_store)
+    rs.check()                                            # usable: no error up front
+    assert rs.unwritable and "not a writable directory" in rs.unwritable
+    assert rs.get_or_compute(KEY, Counter({"x": 2})) == {"x": 1}
+    missing = Counter({"y": 1})
+    with pytest.raises(files.UnusablePath) as err:
+        RunStore(read_only_store).get_or_compute(OTHER_KEY, missing)
+    message = str(err.value)
+    assert missing.calls == 0 and "\n" not in message
+    assert message.startswith(f"run store '{read_only_store}' is not a writable directory: ")
+    assert message.endswith("its entry entry is missing and cannot be stored")   # KEY has no "kind"
+
+
+def test_a_store_root_that_is_a_file_is_still_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(files.UnusablePath, match="is not a writable directory"):
+        RunStore(tmp_path / "f").check()
