@@ -431,8 +431,9 @@ class Costs:
     of a run's recorded ``wall_s`` on ``n_params · (1, updates)`` per mode: SmolLM2-135M full FT
     0.86 s per update, Gemma-3-270M 1.71 s; LoRA 0.43 s and 0.86 s. ``wall_s`` holds the step-0
     observables (the fit's intercept, ``t0_s_per_param``) but not the model copy and step-0
-    geometry before it (``copy_s_per_param``, :mod:`tests.benchmarks.test_bench_dynamics`'s
-    ``test_bench_run_setup``). ``kept`` is the mean fraction of the ``T`` updates a run makes
+    geometry before it (``copy_s_per_param``; ``test_bench_run_setup`` of
+    ``tests/benchmarks/test_bench_dynamics.py`` times copy + step-0 observables at 1.2 s on
+    SmolLM2, 2.7 steps, and 5.6 s on Gemma-3, 8.1 steps). ``kept`` is the mean fraction of the ``T`` updates a run makes
     before its early stop (``stop="saturated"``): 0.76 under full FT (34% of the runs stopped
     early), 0.65 under LoRA (52%).
     """
