@@ -583,8 +583,9 @@ def format_dry_run(estimates: Sequence[Estimate], budget: str, workers: int, ste
     def dur(s):
         s = round(s)
         return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+    rule = ", ".join(f"{k} {v:g}" for k, v in ADAPTIVE_PER_CONTEXT.items())
     lines = [f"dry run, budget {budget}: at most T = {steps} updates a run (early stops make runs shorter); "
-             f"'~': adaptive runs, a rule of thumb per usable context ({', '.join(f'{k} {v:g}' for k, v in ADAPTIVE_PER_CONTEXT.items())})"]
+             f"'~': adaptive runs, a rule of thumb per usable context ({rule})"]
     for e in estimates:
         where = "stored orientations" if e.contexts_known else "not stored yet: every context counted"
         lines.append(f"{e.model} ({e.n_params / 1e6:.0f} M parameters, {e.contexts} usable contexts, {where}"
@@ -592,7 +593,8 @@ def format_dry_run(estimates: Sequence[Estimate], budget: str, workers: int, ste
         for k in e.kinds:
             lines.append(f"  {k.kind:<26}{k.mode:<5}{'~' if k.estimated else ' '}{k.runs:>5.0f} runs "
                          f"{k.steps:>7.0f} steps  {dur(k.seconds):>7} of one worker")
-        lines.append(f"  {'total':<26}{'':<5} {e.runs:>5.0f} runs {e.steps:>7.0f} steps  {dur(e.seconds):>7} of one worker")
+        lines.append(f"  {'total':<26}{'':<5} {e.runs:>5.0f} runs {e.steps:>7.0f} steps  "
+                     f"{dur(e.seconds):>7} of one worker")
     wall = wall_seconds(estimates, workers)
     lines.append(f"total: {sum(e.runs for e in estimates):.0f} runs, ≤{sum(e.steps for e in estimates):.0f} steps, "
                  f"≈{dur(wall)} wall on {workers} worker{'s' if workers > 1 else ''} (xdist -n {workers}), "

@@ -405,7 +405,8 @@ def test_default_costs_reproduce_the_measured_steps():
 
 def test_wall_seconds_spreads_over_workers_but_heavy_full_ft_is_serial():
     light, heavy = campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), QWEN)
-    assert heavy.heavy and heavy.serial_seconds == pytest.approx(sum(k.seconds for k in heavy.kinds if k.mode == "full"))
+    heavy_full = sum(k.seconds for k in heavy.kinds if k.mode == "full")
+    assert heavy.heavy and heavy.serial_seconds == pytest.approx(heavy_full)
     assert campaign.wall_seconds([light], 2) == pytest.approx(light.seconds / 2)
     assert campaign.wall_seconds([light], 1) == pytest.approx(light.seconds)
     assert campaign.wall_seconds([light, heavy], 8) == pytest.approx(heavy.serial_seconds)
