@@ -623,6 +623,11 @@ def configure_campaign(p: argparse.ArgumentParser) -> None:
                         "default: a private one-node cluster bound to 127.0.0.1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="torch device of the fine-tuning runs (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs each model would get per kind (grids, estimated adaptive runs), "
+                        "their steps and the estimated wall time; compute nothing, load no model")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+                   help="workers the --dry-run wall time assumes, as xdist -n N (default: %(default)s)")
 
 
 def _duration(seconds: float) -> str:
@@ -666,6 +671,10 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         zoo.check_name(m)
     if args.address is not None and args.executor != "ray":
         raise CliError(f"--address {args.address} needs --executor ray")
+    if args.dry_run:
+        print(campaign.format_dry_run(campaign.dry_run(models, args.budget), args.budget, args.workers),
+              flush=True)
+        return 0
     if args.executor == "local":
         check_device(args.device)   # ray: each worker's device is its own
     else:

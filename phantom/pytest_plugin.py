@@ -42,6 +42,7 @@ from . import report, runs, zoo
 from .store import NotStored, RunStore, default_root
 
 EXPECTED = Path("tests") / "claims" / "expected.toml"
+CLAIM_FIXTURES = {"claim_case", "planned_run"}   # a session with these items is a claims session
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,33 @@ class ClaimsSession:
                 signum = getattr(err, "signum", 2)
                 pytest.exit(f"{'terminated' if signum == 15 else 'interrupted'} while computing the session's "
                             "runs on Ray; the entries written so far are kept", returncode=128 + signum)
+
+    def pytest_collection_finish(self, session):
+        """Controller only (a ``--collect-only`` session too): the planned runs and their estimated cost."""
+        if not hasattr(self.config, "workerinput") and any(
+                CLAIM_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+            self.announce_plan()
+
+    @pytest.hookimpl(optionalhook=True)          # an xdist hook: the controller of -n N collects nothing
+    def pytest_xdist_node_collection_finished(self, node, ids):
+        if any(i.split("::")[-1].startswith(("test_claim[", "test_run[")) for i in ids):
+            self.announce_plan()
+
+    def announce_plan(self) -> None:
+        """Write :func:`phantom.campaign.format_dry_run` of the session once, from the store (nothing computed)."""
+        if getattr(self, "_announced", False):
+            return
+        self._announced = True
+        n = getattr(self.config.option, "numprocesses", None)
+        workers = n if isinstance(n, int) and n > 0 else 1
+        try:
+            text = cmp.format_dry_run(cmp.dry_run(self.models, self.budget, self.store), self.budget, workers)
+        except Exception as err:  # noqa: BLE001 - a header never stops the session; its runs will say why
+            text = f"phantom: the session's runs not estimated ({type(err).__name__}: {err})"
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for line in text.splitlines():
+            if reporter is not None:
+                reporter.write_line(f"phantom plan: {line}")
 
     def pytest_runtest_logreport(self, report):
         """Controller side: every report, including those relayed from xdist workers."""

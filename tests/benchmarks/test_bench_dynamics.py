@@ -150,3 +150,41 @@ def _bench_step(benchmark, bandwidth, loaded, mode):
         floor = ADAMW_BYTES_PER_PARAM * trainer.n_params / bandwidth
         info.update(floor_s=floor, floor_ratio=bare / floor)
     print(f"\n{model} {mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float)))
+
+
+def _setup_run(loaded) -> float:
+    """A run's fixed cost before its first update: the model copy and the step-0 observables."""
+    model = dynamics.prepare(loaded, "full", 0)
+    dynamics._sparse_lookup(model)
+    pair = contexts.orient(CONTEXT, loaded)
+    probe = dynamics._probe(model, "full", pair.g_id, pair.c_id, "claims")
+    dynamics._step_zero_geometry(probe)
+    hook = dynamics._HeadInput(model.get_output_embeddings())
+    try:
+        with torch.no_grad():
+            z = model(contexts.encode(CONTEXT, loaded.tokenizer), logits_to_keep=1).logits[0, -1]
+            row = probe.record(z, hook.h, 0.0, t=0)        # t = 0: purity, PR, ξ, B
+    finally:
+        hook.remove()
+    return row["phi"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bench_run_setup(benchmark, model):
+    """Per-run fixed cost (full FT): ``extra_info["ratio_to_step"]`` = set-up / one instrumented step."""
+    with heap.reused():
+        loaded = zoo.load(model)
+        phi = benchmark.pedantic(_setup_run, args=(loaded,), rounds=3, iterations=1, warmup_rounds=1)
+        assert math.isfinite(phi) and phi < 0
+        trainer = Trainer(loaded, "full")
+        try:
+            trainer.instrumented_step()                   # warm-up
+            step = statistics.median(_timed(trainer.instrumented_step) for _ in range(3))
+        finally:
+            trainer.hook.remove()
+    stats = getattr(benchmark, "stats", None)
+    setup = statistics.median(stats.stats.data) if stats is not None else _timed(lambda: _setup_run(loaded))
+    info = benchmark.extra_info
+    info.update(model=model, n_params=loaded.info.n_params, setup_s=setup, step_s=step, ratio_to_step=setup / step,
+                setup_s_per_param=setup / loaded.info.n_params, torch_threads=torch.get_num_threads())
+    print(f"\n{model} run set-up: " + ", ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float)))

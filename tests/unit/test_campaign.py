@@ -361,3 +361,102 @@ def test_planned_adds_reference_lrs_and_covers_every_accessor(fake, rs):
         getattr(camp, method)()
     requested = {(mode, lr, c) for mode, lr, c, _, _ in fake.requested()}
     assert requested == set(camp.planned())
+
+
+# --- dry run: estimate, wall_seconds, dry_run, `phantom campaign --dry-run` -----------------
+
+def test_estimate_counts_the_grids_exactly_and_the_adaptive_runs_by_the_rule():
+    e = campaign.estimate(Plan(), SMOL, 9)
+    by = {k.kind: k for k in e.kinds}
+    assert by["full-FT grid"].runs == 9 * 8 and by["LoRA grid"].runs == 9 * 5
+    assert not by["full-FT grid"].estimated and not by["LoRA grid"].estimated
+    for name, per in campaign.ADAPTIVE_PER_CONTEXT.items():
+        assert by[name].runs == 9 * per and by[name].estimated and by[name].mode == "full"
+    assert all(k.steps == k.runs * 30 for k in e.kinds)                  # the upper bound: T each
+    assert e.runs == sum(k.runs for k in e.kinds) and e.steps == e.runs * 30
+    assert e.contexts == 9 and not e.contexts_known and not e.heavy
+
+
+def test_estimate_without_saturation_or_search_has_no_adaptive_runs():
+    e = campaign.estimate(plan_for("quick", SMOL), SMOL)
+    assert [k.kind for k in e.kinds] == ["full-FT grid", "LoRA grid"]
+    assert e.contexts == len(contexts.CONTEXTS) and e.runs == 2 * len(contexts.CONTEXTS)
+
+
+def test_estimate_seconds_follow_the_costs():
+    costs = campaign.Costs(step_s_per_param={"full": 1e-8, "lora": 2e-9}, t0_s_per_param={"full": 1e-8, "lora": 0.0},
+                           copy_s_per_param=1e-8, kept={"full": 0.5, "lora": 1.0})
+    info = dataclasses.replace(SMOL, n_params=100_000_000)
+    e = campaign.estimate(Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False), info, 1, costs)
+    full, lora = e.kinds
+    assert full.seconds == pytest.approx(1 + 1 + 15 * 1.0)                # copy + t = 0 + 15 kept updates
+    assert lora.seconds == pytest.approx(1 + 30 * 0.2)
+    assert e.seconds == pytest.approx(full.seconds + lora.seconds)
+
+
+def test_default_costs_reproduce_the_measured_steps():
+    """The fitted costs give the per-update seconds measured in the store (2 workers, contention)."""
+    c = campaign.COSTS
+    assert c.step_s_per_param["full"] * SMOL.n_params == pytest.approx(0.86, rel=0.05)
+    assert c.step_s_per_param["full"] * GEMMA.n_params == pytest.approx(1.71, rel=0.05)
+    assert c.step_s_per_param["lora"] * GEMMA.n_params == pytest.approx(0.86, rel=0.05)
+    assert 0 < c.kept["lora"] <= c.kept["full"] <= 1
+
+
+def test_wall_seconds_spreads_over_workers_but_heavy_full_ft_is_serial():
+    light, heavy = campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), QWEN)
+    heavy_full = sum(k.seconds for k in heavy.kinds if k.mode == "full")
+    assert heavy.heavy and heavy.serial_seconds == pytest.approx(heavy_full)
+    assert campaign.wall_seconds([light], 2) == pytest.approx(light.seconds / 2)
+    assert campaign.wall_seconds([light], 1) == pytest.approx(light.seconds)
+    assert campaign.wall_seconds([light, heavy], 8) == pytest.approx(heavy.serial_seconds)
+    with pytest.raises(ValueError):
+        campaign.wall_seconds([light], 0)
+
+
+def _no_load(name):
+    raise AssertionError(f"a dry run loaded {name}")
+
+
+def test_dry_run_reads_usable_contexts_from_the_store_and_computes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(runs, "model_info", {"smollm2-135m": SMOL, "gemma3-270m": GEMMA}.__getitem__)
+    monkeypatch.setattr(runs, "SLOT", _no_load)
+    monkeypatch.setattr(zoo, "load", _no_load)
+    rs = store.RunStore(tmp_path / "runs")
+    cold = campaign.dry_run(["smollm2-135m"], "standard", rs)[0]
+    assert cold.contexts == len(contexts.CONTEXTS) and not cold.contexts_known
+    assert not (tmp_path / "runs").exists()                              # nothing written
+    pair = {"g_word": "a", "c_word": "b", "g_id": 1, "c_id": 2, "p_g0": 0.1, "p_c0": 0.2}
+    for i, c in enumerate(contexts.CONTEXTS):                             # a warm store: one context unusable
+        payload = {"unusable": "no pair"} if i == 0 else pair
+        rs.get_or_compute(runs.key("orientation", "smollm2-135m", context=runs._context_fields(c)),
+                          lambda p=payload: p)
+    warm = campaign.dry_run(["smollm2-135m", "gemma3-270m"], "standard", rs)
+    assert warm[0].contexts == len(contexts.CONTEXTS) - 1 and warm[0].contexts_known
+    assert warm[1].contexts == len(contexts.CONTEXTS) and not warm[1].contexts_known
+
+
+def test_format_dry_run_prints_a_block_per_model_and_a_total():
+    text = campaign.format_dry_run([campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), GEMMA, 7)],
+                                   "standard", 2)
+    lines = text.splitlines()
+    assert sum(line.startswith(("smollm2-135m (", "gemma3-270m (")) for line in lines) == 2
+    assert sum(line.strip().startswith("total ") for line in lines) == 2      # one per model
+    assert lines[-1].startswith("total: ") and "2 workers (xdist -n 2)" in lines[-1]
+    assert "7 usable contexts" in text and "A2 critical-LR probes" in text and "T = 30" in text
+
+
+def test_cli_campaign_dry_run_prints_the_plan_and_computes_nothing(monkeypatch, tmp_path, capsys):
+    from phantom import cli, executor
+    monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(runs, "model_info", {"smollm2-135m": SMOL, "gemma3-270m": GEMMA}.__getitem__)
+    monkeypatch.setattr(runs, "SLOT", _no_load)
+    monkeypatch.setattr(zoo, "load", _no_load)
+    monkeypatch.setattr(executor, "compute", lambda *a, **k: pytest.fail("a dry run computed"))
+    code = cli.main(["campaign", "--budget", "standard", "--dry-run", "--workers", "2"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "error" not in err
+    blocks = [line for line in out.splitlines() if line.startswith(("smollm2-135m (", "gemma3-270m ("))]
+    assert len(blocks) == 2 and out.splitlines()[-1].startswith("total: ")
+    assert "full-FT grid" in out and "LoRA grid" in out and "A4 η_H runs" in out
+    assert not (tmp_path / "runs").exists()

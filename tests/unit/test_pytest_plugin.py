@@ -167,3 +167,15 @@ def test_a_bad_or_dead_ray_address_is_one_usage_error(inner, tiny, address, word
     err = result.stderr.str()
     assert err.count(words) == 1 and "INTERNALERROR" not in result.stdout.str() + err
     assert not paths["md"].exists()
+
+
+def test_collect_only_prints_the_sessions_plan_once_from_the_controller(inner, tiny):
+    """The header: one block for the model (a line per kind of run) and one total, nothing computed."""
+    run, paths = inner
+    result = run("--collect-only", "-q", "-n", "2")
+    plan = [line for line in result.stdout.lines if line.startswith("phantom plan: ")]
+    assert sum(line.startswith(f"phantom plan: {tiny} (") for line in plan) == 1
+    assert any("full-FT grid" in line for line in plan) and any("LoRA grid" in line for line in plan)
+    totals = [line for line in plan if line.startswith("phantom plan: total: ")]
+    assert len(totals) == 1 and "(xdist -n 2)" in totals[0]
+    assert not paths["json"].exists()
