@@ -186,7 +186,7 @@ def _deviations(by_claim: dict[str, list[Verdict]], baseline: dict) -> list[str]
              "Constants this implementation adds (the SPEC does not fix them):", ""]
     lines += [f"- {c}" for c in CONSTANTS]
     lines += ["", "Amendments of SPEC §8 (2026-12-06, made before any measurement under them), with every "
-              "verdict they replaced:", ""]
+              "verdict they replaced and every value they moved (old → new):", ""]
     for aid, change, affected in AMENDMENTS:
         moved = []
         for cid in affected:
@@ -196,6 +196,9 @@ def _deviations(by_claim: dict[str, list[Verdict]], baseline: dict) -> list[str]
                     moved.append(f"{v.claim} `{v.model}`: new → {v.status}")
                 elif old[0] != v.status:
                     moved.append(f"{v.claim} `{v.model}`: {old[0]} ({_cell(old[1])}) → {v.status} ({_cell(v.value)})")
+                elif old[1] != v.value:
+                    moved.append(f"{v.claim} `{v.model}` still {v.status}, its value moved: {_cell(old[1])} → "
+                                 f"{_cell(v.value)}")
         lines.append(f"- **{aid}** {change}: " + ("; ".join(moved) if moved else "no verdict changed"))
     return lines
 

@@ -154,7 +154,8 @@ def test_render_lists_the_amendments_with_the_verdicts_they_replaced():
     text = report.render(vs, session(baseline=base))
     section = text[text.index("## Deviations and amendments"):]
     assert "- **A1**" in section and "C9 `zoo`: not reproduced (CV = 99.4%) → not testable" in section
-    assert "- **A3** §5 blind predictor: r and q_i from Φ instead of Δz: no verdict changed" in section
+    assert "- **A3** §5 blind predictor: r and q_i from Φ instead of Δz: C13 `zoo` still not reproduced, its value " \
+           "moved: err 92% → err 50%" in section
     assert all(f"- **A{i}**" in section for i in range(1, 7))
     assert "bootstrap: B = 1000 resamples of the contexts, seed 0" in section
 
