@@ -62,22 +62,14 @@ def test_unusable_store_root_is_a_clear_exception_from_the_library(tmp_path):
         zoo.cached_entry("smollm2-135m", cache_dir=root)
 
 
-def test_read_only_cache_directory_is_one_line(tmp_path, monkeypatch, capsys):
+def test_read_only_cache_directory_is_one_line(tmp_path, monkeypatch, capsys, read_only_view):
     """A cache directory the user may not write (as root, chmod 0500 would not stop us: a read-only
     bind mount does; without the privilege to mount, this case is covered by the file case above)."""
-    base, ro = tmp_path / "base", tmp_path / "ro"
-    base.mkdir()
-    (base / "models").mkdir()
-    ro.mkdir()
-    mount = subprocess.run(["mount", "--bind", str(base), str(ro)], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {mount.stderr.decode().strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
-        monkeypatch.setenv("PHANTOM_CACHE", str(ro))
-        code, errors, _ = run_cli(tiny_run("smollm2-135m", tmp_path / "out"), capsys)
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
+    base = tmp_path / "base"
+    (base / "models").mkdir(parents=True)
+    ro = read_only_view(base)
+    monkeypatch.setenv("PHANTOM_CACHE", str(ro))
+    code, errors, _ = run_cli(tiny_run("smollm2-135m", tmp_path / "out"), capsys)
     assert code == 1
     assert errors == [f"phantom: error: model cache '{ro}/models' is not a writable directory: "
                       "Read-only file system"]
