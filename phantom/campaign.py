@@ -155,13 +155,13 @@ def schedule(campaigns: list[Campaign]) -> list[tuple[str, str, float, str]]:
 
 # --- budgets ---------------------------------------------------------------------------
 
-ZOOS = {
-    "offline": ("smollm2-135m", "gemma3-270m"),             # SPEC §7 standard offline zoo
-    "offline-full": ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"),
-    "paper": ("distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM-360M",
-              "EleutherAI/pythia-70m", "EleutherAI/pythia-410m"),
-}
 BUDGETS = ("quick", "standard", "full")
+_OFFLINE = ("smollm2-135m", "gemma3-270m")                 # SPEC §7: the offline zoo's default models
+_PAPER = ("distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM-360M", "EleutherAI/pythia-70m", "EleutherAI/pythia-410m")
+ZOOS: dict[str, dict[str, tuple[str, ...]]] = {            # zoo → budget → the models a claims session covers
+    "offline": {"quick": _OFFLINE[:1], "standard": _OFFLINE, "full": (*_OFFLINE, "qwen2.5-0.5b")},
+    "paper": dict.fromkeys(BUDGETS, _PAPER),
+}
 
 # Seconds of one instrumented full-FT step on this project's machines (1 torch thread) per
 # parameter: the step is memory-bound (AdamW and the vocabulary-sized gradients), so it grows
@@ -177,14 +177,12 @@ def full_ft_seconds(info: zoo.ModelInfo, plan: Plan = Plan()) -> float:
 
 
 def zoo_models(zoo_name: str, budget: str) -> tuple[str, ...]:
-    """The models a claims session covers: ``quick`` is SmolLM2 alone, ``full`` adds Qwen offline."""
-    if zoo_name not in ("offline", "paper"):
-        raise ValueError(f"zoo must be 'offline' or 'paper', got {zoo_name!r}")
+    """The models a claims session covers (:data:`ZOOS`): ``quick`` is SmolLM2 alone, ``full`` adds Qwen offline."""
+    if zoo_name not in ZOOS:
+        raise ValueError(f"zoo must be one of {tuple(ZOOS)}, got {zoo_name!r}")
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
-    if zoo_name == "paper":
-        return ZOOS["paper"]
-    return {"quick": ZOOS["offline"][:1], "standard": ZOOS["offline"], "full": ZOOS["offline-full"]}[budget]
+    return ZOOS[zoo_name][budget]
 
 
 def parse_models(text: str) -> tuple[str, ...]:

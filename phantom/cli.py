@@ -358,7 +358,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- `laws` ---------------------------------------------------------------------------
 
 def configure_laws(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=_models, default=",".join(campaign.ZOOS["offline"]),
+    p.add_argument("--models", type=_models, default=",".join(campaign.zoo_models("offline", "standard")),
                    help="comma-separated zoo names, hub ids or local dirs (default: %(default)s)")
     p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
                    help="which runs each model gets, as in the claim suite (default: %(default)s)")
@@ -500,7 +500,7 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                         f"single token with its leading space; at most {PROBES_MAX} probes (required)")
     p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
                    help="the number of updates T the critical LR is for (default: %(default)s)")
-    p.add_argument("--k-models", default=",".join(campaign.ZOOS["offline"]), metavar="MODELS",
+    p.add_argument("--k-models", default=",".join(campaign.zoo_models("offline", "standard")), metavar="MODELS",
                    help="comma-separated models whose stored η_c and q give k; every one must be measured "
                         "(read from the run store, never computed) (default: the standard zoo, %(default)s)")
     p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",

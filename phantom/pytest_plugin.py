@@ -59,7 +59,7 @@ class ClaimCase:
 
 def pytest_addoption(parser):
     group = parser.getgroup("phantom", "phantom claim suite")
-    group.addoption("--zoo", default="offline", choices=("offline", "paper"),
+    group.addoption("--zoo", default="offline", choices=tuple(cmp.ZOOS),
                     help="model zoo of SPEC §7 (default: offline)")
     group.addoption("--models", default=None,
                     help="comma-separated zoo names, Hugging Face ids or local dirs (overrides --zoo)")
