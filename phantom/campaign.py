@@ -23,6 +23,7 @@ from functools import cached_property
 import numpy as np
 
 from . import contexts, critical, laws, runs, search, zoo
+from .progress import duration
 from .protocol import ETA_REF, EXTENDED_GRID, FULL_GRID, LORA_GRID, LORA_REF, OPERATING_H, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
@@ -578,9 +579,6 @@ def dry_run(models: Sequence[str], budget: str, store: RunStore | None = None,
 
 def format_dry_run(estimates: Sequence[Estimate], budget: str, workers: int, steps: int = STEPS) -> str:
     """One block per model (a line per kind of run) and the total wall time on ``workers`` workers."""
-    def dur(s):
-        s = round(s)
-        return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
     rule = ", ".join(f"{k} {v:g}" for k, v in ADAPTIVE_PER_CONTEXT.items())
     lines = [f"dry run, budget {budget}: at most T = {steps} updates a run (early stops make runs shorter); "
              f"'~': adaptive runs, a rule of thumb per usable context ({rule})"]
@@ -590,12 +588,12 @@ def format_dry_run(estimates: Sequence[Estimate], budget: str, workers: int, ste
                      + ("; full FT one run at a time" if e.heavy else "") + ")")
         for k in e.kinds:
             lines.append(f"  {k.kind:<26}{k.mode:<5}{'~' if k.estimated else ' '}{k.runs:>5.0f} runs "
-                         f"{k.steps:>7.0f} steps  {dur(k.seconds):>7} of one worker")
+                         f"{k.steps:>7.0f} steps  {duration(k.seconds):>7} of one worker")
         lines.append(f"  {'total':<26}{'':<5} {e.runs:>5.0f} runs {e.steps:>7.0f} steps  "
-                     f"{dur(e.seconds):>7} of one worker")
+                     f"{duration(e.seconds):>7} of one worker")
     wall = wall_seconds(estimates, workers)
     lines.append(f"total: {sum(e.runs for e in estimates):.0f} runs, ≤{sum(e.steps for e in estimates):.0f} steps, "
-                 f"≈{dur(wall)} wall on {workers} worker{'s' if workers > 1 else ''} (xdist -n {workers}), "
+                 f"≈{duration(wall)} wall on {workers} worker{'s' if workers > 1 else ''} (xdist -n {workers}), "
                  "from the measured costs of phantom.campaign.Costs (2 cores, one torch thread a worker); "
                  "model loads and statistics not counted")
     return "\n".join(lines)

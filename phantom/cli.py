@@ -630,18 +630,12 @@ def configure_campaign(p: argparse.ArgumentParser) -> None:
                    help="workers the --dry-run wall time assumes, as xdist -n N (default: %(default)s)")
 
 
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 \
-        else f"{s}s"
-
-
-def progress_line(p: executor.Progress, width: int = 20) -> str:
+def progress_line(p: executor.ModelProgress, width: int = 20) -> str:
     """One model's progress: bar, runs done/planned, computed vs cached, stage, time and ETA."""
     filled = round(width * p.done / p.planned) if p.planned else 0
-    eta = f", ETA {_duration(p.eta_s)}" if p.eta_s is not None and not p.finished else ""
+    eta = f", ETA {progress.duration(p.eta_s)}" if p.eta_s is not None and not p.finished else ""
     return (f"{p.model}  [{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.planned} runs "
-            f"({p.computed} computed, {p.cached} cached)  {p.stage}  {_duration(p.elapsed_s)}{eta}")
+            f"({p.computed} computed, {p.cached} cached)  {p.stage}  {progress.duration(p.elapsed_s)}{eta}")
 
 
 class ProgressDisplay:
@@ -651,7 +645,7 @@ class ProgressDisplay:
     def __init__(self, stream, live: bool):
         self.stream, self.live, self.lines, self.drawn = stream, live, {}, 0
 
-    def __call__(self, p: executor.Progress) -> None:
+    def __call__(self, p: executor.ModelProgress) -> None:
         if not self.live:
             if p.finished:
                 print(progress_line(p), file=self.stream, flush=True)

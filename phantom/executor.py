@@ -91,7 +91,7 @@ class Done:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ModelProgress:
     """One model's progress, handed to the ``progress`` callback of :func:`compute`."""
 
     model: str
@@ -371,19 +371,19 @@ def make_executor(name: str, address: str | None = None, **options) -> LocalExec
 class _Tracker:
     """Counts one model's runs and reports them (thread-safe across models)."""
 
-    def __init__(self, model: str, report: Callable[[Progress], None] | None, lock: threading.Lock):
+    def __init__(self, model: str, report: Callable[[ModelProgress], None] | None, lock: threading.Lock):
         self.model, self.report, self.lock = model, report, lock
         self.start, self.first = time.time(), None
         self.stage, self.planned, self.computed, self.cached = "orientations", 0, 0, 0
         self.seen: set[str] = set()     # runs counted: a search replayed asks for its runs again
         self.send()
 
-    def progress(self, finished: bool = False) -> Progress:
+    def progress(self, finished: bool = False) -> ModelProgress:
         done, now = self.computed + self.cached, time.time()
         eta = None
         if self.computed and self.first is not None:
             eta = (now - self.first) / self.computed * (self.planned - done)
-        return Progress(self.model, self.stage, done, self.planned, self.computed, self.cached,
+        return ModelProgress(self.model, self.stage, done, self.planned, self.computed, self.cached,
                         now - self.start, eta, finished)
 
     def send(self, finished: bool = False) -> None:
@@ -413,8 +413,8 @@ def _refuse(model: str):
 
 
 def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
-                     report: Callable[[Progress], None] | None = None,
-                     lock: threading.Lock | None = None) -> Progress:
+                     report: Callable[[ModelProgress], None] | None = None,
+                     lock: threading.Lock | None = None) -> ModelProgress:
     """Every entry a claims session reads of one campaign: orientations, planned runs, bulk and
     blind statistics, then the adaptive runs (placed on this process, each step's runs in parallel)."""
     track = _Tracker(c.model, report, lock or threading.Lock())
@@ -444,7 +444,7 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
 
 
 def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address: str | None = None,
-            progress: Callable[[Progress], None] | None = None, **options) -> list[Progress]:
+            progress: Callable[[ModelProgress], None] | None = None, **options) -> list[ModelProgress]:
     """Compute every run-store entry a claims session reads of ``campaigns``.
 
     Parameters
@@ -457,14 +457,14 @@ def compute(campaigns: Sequence[cmp.Campaign], executor: str = "local", address:
     address : str, optional
         Ray address (``"auto"``); only with ``executor="ray"``.
     progress : callable, optional
-        Called with a :class:`Progress` whenever a model's counts change (from several
+        Called with a :class:`ModelProgress` whenever a model's counts change (from several
         threads with ``ray``, never two calls at once).
     **options
         ``max_retries`` of :class:`RayExecutor`.
 
     Returns
     -------
-    list of Progress
+    list of ModelProgress
         Each model's final counts, in the order of ``campaigns``.
 
     Raises

@@ -21,10 +21,11 @@ def wanted(stream=None) -> bool:
     return bool(isatty and isatty()) and not os.environ.get("CI")
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
-        else f"{seconds // 60}:{seconds % 60:02d}"
+def duration(seconds: float) -> str:
+    """A duration as every phantom line prints it: ``42s``, ``3m05s``, ``1h02m``."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 \
+        else f"{s}s"
 
 
 class Progress:
@@ -51,10 +52,10 @@ class Progress:
         """The current progress line (without the carriage return)."""
         elapsed = time.perf_counter() - self.start
         if self.done > self.total:
-            return f"{self.label}: {self.done} done, {_clock(elapsed)} elapsed, ETA ?"
+            return f"{self.label}: {self.done} done, {duration(elapsed)} elapsed, ETA ?"
         pct = self.done / self.total if self.total else 1.0
-        eta = _clock(elapsed / self.done * (self.total - self.done)) if self.done else "?"
-        return f"{self.label}: {self.done}/{self.total} ({pct:.0%}), {_clock(elapsed)} elapsed, ETA {eta}"
+        eta = duration(elapsed / self.done * (self.total - self.done)) if self.done else "?"
+        return f"{self.label}: {self.done}/{self.total} ({pct:.0%}), {duration(elapsed)} elapsed, ETA {eta}"
 
     def advance(self, n: int = 1) -> None:
         self.done += n

@@ -228,7 +228,7 @@ def test_campaign_command_without_ray_names_the_install_command(tmp_path, tiny, 
 
 def test_live_display_redraws_one_line_per_model(capsys):
     display = cli.ProgressDisplay(sys.stdout, live=True)
-    p = executor.Progress("a", "runs", 1, 4, 1, 0, 10.0, 30.0, False)
+    p = executor.ModelProgress("a", "runs", 1, 4, 1, 0, 10.0, 30.0, False)
     display(p)
     display(dataclasses.replace(p, model="b"))
     display(dataclasses.replace(p, done=4, computed=4, stage="done", finished=True))

@@ -29,8 +29,8 @@ def test_shown_only_on_a_terminal_outside_ci(monkeypatch, stream, ci, shown):
     assert bar.show is shown and (text != "") is shown
     if shown:
         lines = text.split("\r\033[K")[1:]
-        assert lines[0].startswith("steps: 1/3 (33%), 0:00 elapsed, ETA ")
-        assert lines[1].startswith("steps: 3/3 (100%)") and lines[1].endswith("ETA 0:00\n")
+        assert lines[0].startswith("steps: 1/3 (33%), 0s elapsed, ETA ")
+        assert lines[1].startswith("steps: 3/3 (100%)") and lines[1].endswith("ETA 0s\n")
 
 
 def test_more_steps_than_planned_have_no_eta():
