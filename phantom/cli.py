@@ -796,5 +796,5 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
     finally:
         if fresh_out and status != 0:     # a failed command leaves no empty --out behind
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):   # ValueError: a NUL in the path
                 out.rmdir()
