@@ -356,11 +356,12 @@ def _items(pairs: Pairs) -> list:
     return [item for _, item in pairs]
 
 
-def _model_claim(cid: str, runs_of: Callable, rule: Callable, **fixed) -> tuple[Callable, Callable]:
+def _model_claim(runs_of: Callable, rule: Callable) -> tuple[Callable, Callable]:
     """(read, judge) of a model claim whose rule reads a list of runs."""
+    takes_p = "p_values" in inspect.signature(rule).parameters   # once, not in each of B resamples
+
     def judge(model: str, pairs: Pairs, exact: bool) -> Verdict:
-        extra = {"p_values": exact} if "p_values" in inspect.signature(rule).parameters else {}
-        return rule(model, _items(pairs), **fixed, **extra)
+        return rule(model, _items(pairs), **({"p_values": exact} if takes_p else {}))
     return (lambda c: _by_context(runs_of(c))), judge
 
 
@@ -481,7 +482,7 @@ def _numbers(claim: Claim, verdict: Verdict) -> dict[str, float]:
             if k == key or (key.endswith("*") and k.startswith(key[:-1])):
                 if isinstance(v, dict):
                     out.update({f"{k}.{kk}": float(vv) for kk, vv in v.items() if isinstance(vv, (int, float))})
-                elif isinstance(v, (int, float)) and v is not None:
+                elif isinstance(v, (int, float)):
                     out[k] = float(v)
     return out
 
@@ -531,31 +532,31 @@ def _claim(cid, name, statement, paper, rule, scope, read_judge, **kw) -> Claim:
 CLAIMS: tuple[Claim, ...] = (
     _claim("C1", "silent-failure", "loss falls while g never overtakes c", "Fig. 3 / abstract",
            "≥1 silent-failure run per model over the full-FT grid (rank-contested runs)", "model",
-           _model_claim("C1", lambda c: c.sweep(), c1_silent_failure), numbers=("n_silent",)),
+           _model_claim(lambda c: c.sweep(), c1_silent_failure), numbers=("n_silent",)),
     _claim("C2", "decomposition", "Φ = S + D", "abstract (additive decomposition)",
            f"|Φ−S−D| ≤ {DECOMPOSITION_TOL:g} at every recorded step of every run", "model",
-           _model_claim("C2", lambda c: c.all_runs(), c2_decomposition), numbers=("max_residual",), consistency=True),
+           _model_claim(lambda c: c.all_runs(), c2_decomposition), numbers=("max_residual",), consistency=True),
     _claim("C3", "jumps-full", "catapult-like jumps under full FT; high-G_max pairs jump, low ones rise smoothly",
            "Fig. 3: J = 33.7 (longing) vs 4.3 (purpose)",
            "≥1 jumping context at η_ref and Spearman(G_max, J) > 0", "model",
-           _model_claim("C3", lambda c: c.reference(), c3_jumps_full), numbers=("n_jump", "spearman")),
+           _model_claim(lambda c: c.reference(), c3_jumps_full), numbers=("n_jump", "spearman")),
     _claim("C3′", "jumps-operating-point", "C3 at the paper's operating point H ≈ 10",
            "Fig. 7: every model at H ≈ 10 (SPEC §6 A4)",
            f"C3's rule on the full-FT runs at η_H = {OPERATING_H:g} η_sat(model)", "model",
            _operating(c3_jumps_full, "C3′"), numbers=("n_jump", "spearman")),
     _claim("C4", "lora-frozen", "embedding (and untied head) exactly unchanged under LoRA", "abstract",
            "torch.equal (bitwise) at every step of every LoRA run", "model",
-           _model_claim("C4", lambda c: c.lora_runs(), c4_lora_frozen), consistency=True),
+           _model_claim(lambda c: c.lora_runs(), c4_lora_frozen), consistency=True),
     _claim("C5", "jumps-lora", "jumps persist under LoRA with frozen embeddings", "abstract",
            f"≥{C5_MIN_JUMPS} jumping contexts at the LoRA reference LR", "model",
-           _model_claim("C5", lambda c: c.lora_reference(), c5_jumps_lora), numbers=("n_jump",)),
+           _model_claim(lambda c: c.lora_reference(), c5_jumps_lora), numbers=("n_jump",)),
     _claim("C5b", "smooth-lora", "freezing embeddings turns all jumps smooth and removes G_max's predictive power",
            "Fig. 4 caption (contradicts C5)",
            f"no jumping context under LoRA and |Spearman(G_max, J)| < {SPEARMAN_LORA_MAX:g}", "model",
-           _model_claim("C5b", lambda c: c.lora_reference(), c5b_smooth_lora), numbers=("n_jump", "spearman")),
+           _model_claim(lambda c: c.lora_reference(), c5b_smooth_lora), numbers=("n_jump", "spearman")),
     _claim("C6", "readout", "the discontinuity lives in the softmax readout: a_g, a_c, Δz smooth through the flip",
            "Fig. 5", f"in every jumping full-FT run, J of Δz, a_g, a_c < {transitions.JUMP_RATIO:g}", "model",
-           _model_claim("C6", lambda c: c.sweep(), c6_readout), numbers=("worst",)),
+           _model_claim(lambda c: c.sweep(), c6_readout), numbers=("worst",)),
     _claim("C6′", "readout-operating-point", "C6 at the paper's operating point H ≈ 10",
            "Fig. 5, Fig. 7 (SPEC §6 A4)", f"C6's rule on the full-FT runs at η_H = {OPERATING_H:g} η_sat(model)",
            "model", _operating(c6_readout, "C6′"), numbers=("worst",)),
@@ -564,7 +565,7 @@ CLAIMS: tuple[Claim, ...] = (
     _claim("C8", "sweep-separation", "the 5-LR × 10-context sweep is separated by one G_max threshold",
            "Fig. 3 caption (50 combinations on SmolLM-360M)",
            "one G_max threshold separates jumping from continuous flipping sweep runs without error", "model",
-           _model_claim("C8", lambda c: c.sweep(), c8_sweep_separation)),
+           _model_claim(lambda c: c.sweep(), c8_sweep_separation)),
     _claim("C9", "h-consistency", "H_FT consistent across architectures", "CV 9.3%, n=5, H≈10",
            f"CV(H_FT) ≤ {H_CV_MAX:g} over ≥2 models, on every CV the bounds on H_FT allow", "zoo",
            (_c9_read, _c9_judge), numbers=("cv", "cv_min", "cv_max", "H_FT*")),
