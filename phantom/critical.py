@@ -20,7 +20,8 @@ def context_lr(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT_RTOL,
                prefetch: search.Prefetch | None = None) -> search.ContextCritical:
     """The context's η_i search to each precision of ``rtols``, from the store or computed into it."""
     key = runs.key("critical_lrs", campaign.model, context=context, rtols=list(rtols),
-                   grid=list(campaign.plan.saturation), steps=campaign.plan.steps, stop=campaign.plan.stop,
+                   grid=sorted(set(campaign.plan.sweep) | set(campaign.plan.saturation)),   # the LRs it starts from
+                   steps=campaign.plan.steps, stop=campaign.plan.stop,
                    device=runs.device_type(campaign.device))
     payload = campaign.store.get_or_compute(
         key, lambda: search.context_critical(campaign, context, rtols, prefetch).to_dict())

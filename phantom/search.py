@@ -166,9 +166,10 @@ def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT
     state = ContextCritical(context)
     plan = campaign.plan
     for lr in sorted(set(plan.sweep) | set(plan.saturation) | set(saturation(campaign, context).etas)):
-        state.add(campaign.run("full", lr, context))
+        run = campaign.run("full", lr, context)
+        state.add(run)
     grid = (min(state.seen), max(state.seen))
-    phi0 = float(campaign.run("full", max(state.seen), context)["phi"][0])
+    phi0 = float(run["phi"][0])                             # every run of a context starts from the same Φ_0
     for rtol in rtols:
         bisect = False
         while state.width() > rtol:

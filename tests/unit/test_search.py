@@ -402,3 +402,20 @@ def test_critical_finds_the_smallest_lr_where_half_flip(fake_weights, logs):
     flips = [np.mean([lr > t for t in theta.values()]) for lr in (result.bracket[0], result.eta_c)]
     assert flips[0] < 0.5 <= flips[1]
     assert truth < result.eta_c <= truth * (1 + CRITICAL_RTOL) * (1 + 1e-9)
+
+
+def test_the_eta_i_entry_key_names_every_lr_the_search_starts_from(monkeypatch):
+    """Two plans that differ only in their sweep start the search from other runs: other entries."""
+    keys = []
+
+    class Store:
+        def get_or_compute(self, key, compute):
+            keys.append(key)
+            return search.ContextCritical("c0", {1e-6: (False, -0.1), 2e-6: (True, 0.1)}).to_dict()
+
+    monkeypatch.setattr(runs, "weights_sha256", lambda model: "w" * 64)
+    for sweep in ((1e-5,), (2e-5,)):
+        camp = type("C", (), {"model": "m", "plan": Plan(sweep=sweep, extended=()), "device": "cpu",
+                              "store": Store()})()
+        critical.context_lr(camp, "c0")
+    assert keys[0]["grid"] == [1e-5] and keys[1]["grid"] == [2e-5]
