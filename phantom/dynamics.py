@@ -12,6 +12,7 @@ import copy
 import math
 import numbers
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,17 +166,36 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 FINITE = ("phi", "signal", "drag", "a_g", "a_c", "g_gc")   # NaN here: the embedding diverged
-HEAVY = ("purity", "pr", "xi", "burial")   # O(V·d²) per step: recorded at t = 0 unless observables="all"
+STEP_ZERO = ("purity", "pr", "xi", "burial")   # O(V·d²): recorded at t = 0 only unless observables="all"
 EMBEDDING = ("max_de", "embed_equal", "head_equal")
 OBSERVABLES = ("claims", "all")
 
 
+@dataclass(frozen=True)
+class StepZero:
+    """What every run of one context starts from: ``G_max`` and the :data:`STEP_ZERO` series at t = 0.
+
+    Every run of a context, in either mode and at every LR, starts from the same pristine
+    weights and the same t = 0 forward (LoRA's B = 0 adds exactly zero), so these numbers are
+    the same bits in all of them (SPEC §2 at t = 0). The first run of a context in a process
+    computes them; the others read them from :data:`_SHARED`.
+    """
+
+    g_max: float          # G_gc, the pair's overlap (SPEC §2 G_max)
+    g_max_other: float    # max_{j≠g} G_gj, c included
+    row: dict             # the STEP_ZERO series at t = 0
+
+
+# loaded model → {(token ids, g, c, device): StepZero}; entries go with the model they were read from
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @dataclass
 class _Probe:
-    """Per-run instrumentation state: pair, frozen references and (LoRA) the fixed Ψ.
+    """Per-run instrumentation state: pair, frozen references and the shared step-0 state.
 
     ``observables="claims"`` records what the claims read: the cheap series at every step,
-    the O(V·d²) series (:data:`HEAVY`) at t = 0 only, and the bitwise embedding check
+    the O(V·d²) series (:data:`STEP_ZERO`) at t = 0 only, and the bitwise embedding check
     (:data:`EMBEDDING`, C4) at every step of a LoRA run only. ``"all"`` records everything
     at every step. A value not recorded is NaN, never a number.
     """
@@ -186,23 +206,42 @@ class _Probe:
     U: torch.Tensor | None            # live untied output matrix, None when tied
     E0: torch.Tensor | None           # step-0 copies, kept only for the embedding check
     U0: torch.Tensor | None
-    psi: torch.Tensor | None = None   # Ψ, fixed under LoRA; None under full FT (built for purity only)
+    frozen: bool                      # LoRA: E never changes, so its pair columns and Ψ are built once
     observables: str = "all"
-    columns: tuple[torch.Tensor, torch.Tensor] | None = None   # LoRA only: the run's fixed pair columns
+    step_zero: StepZero | None = None   # shared by every run of the context; None until t = 0 is recorded
+    psi: torch.Tensor | None = None     # Ψ, kept only while E is frozen
+    columns: tuple[torch.Tensor, torch.Tensor] | None = None   # frozen E only: the run's fixed pair columns
 
     def recorded(self, t: int) -> set[str]:
         """The optional series recorded at step ``t``."""
         if self.observables == "all":
-            return set(HEAVY) | set(EMBEDDING)
-        return (set(HEAVY) if t == 0 else set()) | (set(EMBEDDING) if self.psi is not None else set())
+            return set(STEP_ZERO) | set(EMBEDDING)
+        return (set(STEP_ZERO) if t == 0 else set()) | (set(EMBEDDING) if self.frozen else set())
+
+    def _psi(self, E: torch.Tensor) -> torch.Tensor:
+        """Ψ of the live ``E`` (V, d); under LoRA built once per run."""
+        if not self.frozen:
+            return geometry.normalize_rows(E)
+        if self.psi is None:
+            self.psi = geometry.normalize_rows(E)
+        return self.psi
 
     def _columns(self, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`geometry.unit_pair_columns` of the live ``E``; under LoRA (Ψ frozen) once per run."""
-        if self.psi is None:
+        if not self.frozen:
             return geometry.unit_pair_columns(E, self.g, self.c)
         if self.columns is None:
             self.columns = geometry.unit_pair_columns(E, self.g, self.c)
         return self.columns
+
+    def g_max(self) -> tuple[float, float]:
+        """``(G_gc, max_{j≠g} G_gj)`` at step 0 (SPEC §2 G_max), read from the shared state when known."""
+        if self.step_zero is not None:
+            return self.step_zero.g_max, self.step_zero.g_max_other
+        psi = self._psi(self.E.detach())
+        col = (psi @ psi[self.g]).to(torch.float64)
+        col[self.g] = -math.inf
+        return geometry.pair_overlap(psi, self.g, self.c), float(col.max())
 
     def record(self, z: torch.Tensor, h: torch.Tensor, loss: float, t: int) -> dict[str, float]:
         """The SPEC §2 quantities of the current state from the training forward's ``z``, ``h``."""
@@ -220,12 +259,14 @@ class _Probe:
             "dz": float(z[g] - z[c]),
             "a_g": float(pair[0].to(torch.float64) @ h.to(torch.float64)),
             "a_c": float(pair[1].to(torch.float64) @ h.to(torch.float64)),
-            "g_gc": g_gc, **dict.fromkeys(HEAVY + EMBEDDING, math.nan),
+            "g_gc": g_gc, **dict.fromkeys(STEP_ZERO + EMBEDDING, math.nan),
         }
         if not all(math.isfinite(row[k]) for k in FINITE):
             return row                      # a diverged state: nothing more to measure in it
-        if "purity" in wanted:
-            gamma = geometry.purity(p, self.psi if self.psi is not None else geometry.normalize_rows(E))
+        if t == 0 and self.step_zero is not None:
+            row.update(self.step_zero.row)
+        elif "purity" in wanted:
+            gamma = geometry.purity(p, self._psi(E))
             xi = geometry.localisation_length(gamma)
             row.update(purity=gamma, pr=1.0 / gamma, xi=xi, burial=geometry.burial_depth(xi, g_gc))
         if "embed_equal" in wanted:
@@ -236,24 +277,18 @@ class _Probe:
         return row
 
 
-def _probe(model, mode: str, g: int, c: int, observables: str) -> _Probe:
+def _probe(model, mode: str, g: int, c: int, observables: str, step_zero: StepZero | None = None) -> _Probe:
     E = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     U = None if head.data_ptr() == E.data_ptr() else head
     keep = mode == "lora" or observables == "all"          # the references the embedding check reads
-    probe = _Probe(g, c, E, U, E.detach().clone() if keep else None,
-                   None if U is None or not keep else U.detach().clone(), observables=observables)
-    if mode == "lora":
-        probe.psi = geometry.normalize_rows(E.detach())
-    return probe
+    return _Probe(g, c, E, U, E.detach().clone() if keep else None,
+                  None if U is None or not keep else U.detach().clone(), frozen=mode == "lora",
+                  observables=observables, step_zero=step_zero)
 
 
-def _step_zero_geometry(probe: _Probe) -> tuple[float, float]:
-    """``(G_gc, max_{j≠g} G_gj)`` at step 0 (SPEC §2 G_max)."""
-    psi = probe.psi if probe.psi is not None else geometry.normalize_rows(probe.E.detach())
-    col = (psi @ psi[probe.g]).to(torch.float64)
-    col[probe.g] = -math.inf
-    return geometry.pair_overlap(psi, probe.g, probe.c), float(col.max())
+def _shared_key(ids: torch.Tensor, g: int, c: int, device) -> tuple:
+    return tuple(ids.flatten().tolist()), g, c, str(torch.device(device))
 
 
 def _should_stop(stop: str, rows: list[dict]) -> bool:
@@ -329,6 +364,12 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         LoRA run only; ``"all"`` records every series at every step. Unrecorded values are
         NaN; ``meta["recorded"]`` says when each optional series was recorded.
 
+    Notes
+    -----
+    ``G_max`` and the t = 0 values of purity, PR, ξ and B are computed by the first run of a
+    context on ``loaded.model`` in this process and shared, bit for bit, by its other runs
+    (:class:`StepZero`): they are the same numbers in every mode and at every LR.
+
     Returns
     -------
     Trajectory
@@ -345,12 +386,16 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         if mode == "full":
             _sparse_lookup(model)
         opt = optimizer(model, lr)
-        probe = _probe(model, mode, pair.g_id, pair.c_id, observables)
-        g_max, g_max_other = _step_zero_geometry(probe)
         ids = ctx.encode(context, loaded.tokenizer).to(device)
+        shared = _SHARED.setdefault(loaded.model, {})
+        key = _shared_key(ids, pair.g_id, pair.c_id, device)
+        probe = _probe(model, mode, pair.g_id, pair.c_id, observables, shared.get(key))
+        g_max, g_max_other = probe.g_max()
         target = torch.tensor([pair.g_id], device=device)
         start = time.perf_counter()
         rows, diverged_at, stopped_at = _train(model, opt, probe, ids, target, steps, stop)
+        if key not in shared and rows:
+            shared[key] = StepZero(g_max, g_max_other, {k: rows[0][k] for k in STEP_ZERO})
     series = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in SERIES}
     meta = {
         "model": loaded.info.name, "weights_sha256": loaded.info.weights_sha256,
@@ -362,7 +407,7 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "protocol_version": PROTOCOL_VERSION, "device": str(device), "observables": observables,
         "recorded": {k: "every step" if k in probe.recorded(1) else "t = 0" if k in probe.recorded(0) else "never"
-                     for k in HEAVY + EMBEDDING},
+                     for k in STEP_ZERO + EMBEDDING},
         "wall_s": time.perf_counter() - start,
     }
     return Trajectory(series, meta)

@@ -17,7 +17,7 @@ from phantom import dynamics, geometry, runs, zoo
 from phantom.store import RunStore
 from phantom.trajectory import SERIES
 
-CHEAP = [k for k in SERIES if k not in dynamics.HEAVY + dynamics.EMBEDDING]
+CHEAP = [k for k in SERIES if k not in dynamics.STEP_ZERO + dynamics.EMBEDDING]
 T = 4
 
 
@@ -45,7 +45,7 @@ def test_claims_records_the_cheap_series_bit_for_bit(pairs, mode):
 @pytest.mark.parametrize("mode", dynamics.MODES)
 def test_heavy_series_at_step_zero_only(pairs, mode):
     a, c = pairs["all"][mode], pairs["claims"][mode]
-    for k in dynamics.HEAVY:
+    for k in dynamics.STEP_ZERO:
         assert c[k][0] == a[k][0] and np.isfinite(a[k]).all(), k
         assert np.isnan(c[k][1:]).all(), k
     assert c.meta["recorded"]["purity"] == "t = 0" and a.meta["recorded"]["purity"] == "every step"
@@ -122,3 +122,45 @@ def test_unit_pair_columns_take_torch_ops_where_numpy_cannot():
     assert (strided - cols).abs().max() <= 8 * torch.finfo(torch.float32).eps
     half, _ = geometry.unit_pair_columns(E.to(torch.bfloat16), 3, 5)
     assert half.dtype == torch.float64 and (half - cols).abs().max() <= 8 * torch.finfo(torch.bfloat16).eps
+
+
+# --- the step-0 state, shared by every run of a context (dynamics.StepZero) -----------------
+
+@pytest.fixture
+def fresh_state(tiny):
+    """The tiny model with no step-0 state shared yet in this process."""
+    _, loaded = tiny
+    dynamics._SHARED.pop(loaded.model, None)
+    return loaded
+
+
+def _step_zero(run) -> tuple:
+    return (run.meta["g_max"], run.meta["g_max_other"], *(run[k][0] for k in dynamics.STEP_ZERO))
+
+
+@pytest.mark.parametrize("mode", dynamics.MODES)
+def test_a_run_served_the_shared_step_zero_state_equals_one_that_computes_it(fresh_state, mode, monkeypatch):
+    other = "lora" if mode == "full" else "full"
+    first = dynamics.run(fresh_state, "longing", mode=other, lr=3e-2, steps=2)         # computes and shares
+    assert len(dynamics._SHARED[fresh_state.model]) == 1
+    monkeypatch.setattr(geometry, "purity", lambda *a: pytest.fail("step-0 purity recomputed"))
+    shared = dynamics.run(fresh_state, "longing", mode=mode, lr=1e-2, steps=T)
+    monkeypatch.undo()
+    dynamics._SHARED.pop(fresh_state.model)
+    own = dynamics.run(fresh_state, "longing", mode=mode, lr=1e-2, steps=T)             # computes it itself
+    assert _step_zero(shared) == _step_zero(own) == _step_zero(first)
+    for k in SERIES:
+        assert shared[k].tobytes() == own[k].tobytes(), k
+    assert {k: v for k, v in shared.meta.items() if k != "wall_s"} == {k: v for k, v in own.meta.items() if k != "wall_s"}
+
+
+def test_the_shared_state_is_one_per_context(fresh_state):
+    a = dynamics.run(fresh_state, "longing", mode="full", lr=1e-2, steps=1)
+    b = dynamics.run(fresh_state, "quiet", mode="full", lr=1e-2, steps=1)
+    assert len(dynamics._SHARED[fresh_state.model]) == 2 and _step_zero(a) != _step_zero(b)
+
+
+def test_observables_all_reads_the_shared_step_zero_and_computes_every_later_step(fresh_state):
+    dynamics.run(fresh_state, "longing", mode="lora", lr=1e-1, steps=1)
+    every = dynamics.run(fresh_state, "longing", mode="full", lr=1e-2, steps=T, observables="all")
+    assert np.isfinite(every["purity"]).all() and len(set(every["purity"].tolist())) > 1
