@@ -145,13 +145,13 @@ class Campaign:
 def schedule(campaigns: list[Campaign]) -> list[tuple[str, str, float, str]]:
     """(model, mode, lr, context) of every planned run of ``campaigns``, for a pool of workers.
 
-    Runs that take the machine's one heavy full-FT slot (:func:`phantom.runs.heavy`) come
+    Runs that take the machine's one solo full-FT slot (:func:`phantom.runs.solo`) come
     first, together, so that a work-stealing pool (pytest-xdist) gives them to one worker
     while the others take the rest, instead of several workers waiting on the slot. Within
     each group, campaign order and :meth:`Campaign.planned` order (costliest first).
     """
     planned = [(c.model, *r) for c in campaigns for r in c.planned()]
-    return sorted(planned, key=lambda r: not runs.heavy(runs.model_info(r[0]), r[1]))
+    return sorted(planned, key=lambda r: not runs.solo(runs.model_info(r[0]), r[1]))
 
 
 # --- budgets ---------------------------------------------------------------------------
@@ -478,7 +478,7 @@ class Estimate:
     contexts: int
     contexts_known: bool   # False: the orientations are not stored yet, every context counted
     kinds: tuple[KindEstimate, ...]
-    heavy: bool            # full FT takes the machine's one heavy slot (runs one at a time)
+    solo: bool             # full FT takes the machine's one solo slot (runs one at a time)
 
     @property
     def runs(self) -> float:
@@ -494,8 +494,8 @@ class Estimate:
 
     @property
     def serial_seconds(self) -> float:
-        """Seconds that no second worker can share: the heavy full-FT runs, one at a time."""
-        return sum(k.seconds for k in self.kinds if k.mode == "full") if self.heavy else 0.0
+        """Seconds that no second worker can share: the solo full-FT runs, one at a time."""
+        return sum(k.seconds for k in self.kinds if k.mode == "full") if self.solo else 0.0
 
 
 def estimate(plan: Plan, info: zoo.ModelInfo, contexts_n: int | None = None, costs: Costs = COSTS,
@@ -526,14 +526,14 @@ def estimate(plan: Plan, info: zoo.ModelInfo, contexts_n: int | None = None, cos
                 "A4 η_H runs": bool(plan.saturation)}
     kinds += [kind(name, "full", n * ADAPTIVE_PER_CONTEXT[name], estimated=True)
               for name, on in adaptive.items() if on]
-    return Estimate(info.name, info.n_params, n, known, tuple(kinds), runs.heavy(info, "full"))
+    return Estimate(info.name, info.n_params, n, known, tuple(kinds), runs.solo(info, "full"))
 
 
 def wall_seconds(estimates: Sequence[Estimate], workers: int) -> float:
     """Estimated wall seconds of the estimates' runs on ``workers`` workers (work stealing).
 
-    The work spread evenly over the workers, but never less than the heavy full-FT runs,
-    which run one at a time (:func:`phantom.runs.heavy`). Model loads, orientations and the
+    The work spread evenly over the workers, but never less than the solo full-FT runs,
+    which run one at a time (:func:`phantom.runs.solo`). Model loads, orientations and the
     bulk and blind statistics (seconds per model) are not counted.
     """
     if workers < 1:
@@ -585,7 +585,7 @@ def format_dry_run(estimates: Sequence[Estimate], budget: str, workers: int, ste
     for e in estimates:
         where = "stored orientations" if e.contexts_known else "not stored yet: every context counted"
         lines.append(f"{e.model} ({e.n_params / 1e6:.0f} M parameters, {e.contexts} usable contexts, {where}"
-                     + ("; full FT one run at a time" if e.heavy else "") + ")")
+                     + ("; full FT one run at a time" if e.solo else "") + ")")
         for k in e.kinds:
             lines.append(f"  {k.kind:<26}{k.mode:<5}{'~' if k.estimated else ' '}{k.runs:>5.0f} runs "
                          f"{k.steps:>7.0f} steps  {duration(k.seconds):>7} of one worker")

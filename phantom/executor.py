@@ -7,8 +7,8 @@ cached computation of :mod:`phantom.runs` each — run by an executor into the r
   (:meth:`phantom.campaign.Campaign.planned`): what ``pytest tests/claims`` does on a cold store.
 - :class:`RayExecutor` submits them as plain Ray tasks. Each asks for ``num_cpus``, the
   ``memory`` of its measured peak RSS (:data:`PEAK_RSS`), ``num_gpus`` on CUDA (a fraction
-  for LoRA) and, for full fine-tuning above :data:`phantom.runs.HEAVY_PARAMS`, one unit of
-  the per-node resource :data:`HEAVY` (instead of the store's lock file, which on shared
+  for LoRA) and, for full fine-tuning above :data:`phantom.runs.SOLO_PARAMS`, one unit of
+  the per-node resource :data:`SOLO` (instead of the store's lock file, which on shared
   storage would serialise the whole cluster). A worker refuses, in one line, to compute for
   a driver whose environment fingerprint differs (its keys would silently differ); a task
   that raises or dies is retried, and the store's atomic writes leave no partial entry.
@@ -43,7 +43,7 @@ from .cluster import INSTALL, ExecutorError, import_ray  # noqa: F401 - this mod
 from .store import RunStore
 
 EXECUTORS = ("local", "ray")
-HEAVY = "phantom_heavy_ft"      # custom per-node Ray resource: one heavy full fine-tune at a time
+SOLO = "phantom_solo_ft"      # custom per-node Ray resource: one solo full fine-tune at a time
 
 # Peak RSS of one task process (resource.getrusage ru_maxrss, 1 torch thread), measured
 # 2026-12-01 on SmolLM2-135M (134.5M parameters, fp32), one fresh process per figure:
@@ -182,8 +182,8 @@ def resources(info: zoo.ModelInfo, kind: str, mode: str | None = None, device: s
     request = {"num_cpus": 1, "memory": peak_rss(info.n_params, work)}
     if kind == "trajectory" and runs.device_type(device) != "cpu":
         request["num_gpus"] = GPU_SHARE[mode]
-    if kind == "trajectory" and runs.heavy(info, mode):
-        request["resources"] = {HEAVY: 1}
+    if kind == "trajectory" and runs.solo(info, mode):
+        request["resources"] = {SOLO: 1}
     return request
 
 
@@ -209,7 +209,7 @@ def statistic_tasks(c: cmp.Campaign) -> list[Task]:
     return [_task(c, "bulk")] + ([_task(c, "blind_r", context=u) for u in c.usable] if c.plan.eta_c else [])
 
 
-def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, heavy_lock: bool = True) -> None:
+def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, solo_lock: bool = True) -> None:
     """Compute ``task``'s entries into ``store`` (nothing when they are there already)."""
     a = task.args
     if task.kind == "orientations":
@@ -223,7 +223,7 @@ def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, heavy_loc
         runs.blind_r(task.model, a["context"], pair, store=store, loader=loader)
     elif task.kind == "trajectory":
         runs.trajectory(task.model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
-                        device=a["device"], store=store, loader=loader, heavy_lock=heavy_lock)
+                        device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")
 
@@ -261,7 +261,7 @@ def _worker(task: Task, driver: dict[str, str], weights_sha256: str, root: str) 
     torch.set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))
     store, start = RunStore(root), time.time()
     try:
-        execute(task, store, heavy_lock=False)   # the HEAVY resource allows one heavy run per node
+        execute(task, store, solo_lock=False)   # the SOLO resource allows one solo run per node
     finally:
         runs.SLOT.release()   # an idle worker holds no model: `memory` counts running tasks only
     return {"computed": bool(store.computed), "start": start, "end": time.time(),
@@ -281,7 +281,7 @@ class RayExecutor:
     ----------
     address : str, optional
         Ray cluster address (``"auto"``: the cluster this node belongs to). None starts a
-        private one-node cluster with one :data:`HEAVY` unit (even when this node runs one),
+        private one-node cluster with one :data:`SOLO` unit (even when this node runs one),
         unless Ray is initialised already.
     max_retries : int
         Retries of a task that raises or whose worker dies.
@@ -290,7 +290,7 @@ class RayExecutor:
     parallel = True
 
     def __init__(self, address: str | None = None, *, max_retries: int = 2):
-        self.session = cluster.Session(address, resources={HEAVY: 1})
+        self.session = cluster.Session(address, resources={SOLO: 1})
         ray = self.ray = self.session.ray
         self.max_retries = max_retries
         self.remote = ray.remote(max_retries=max_retries, retry_exceptions=True)(_worker)
@@ -304,7 +304,7 @@ class RayExecutor:
                     "GPU": task.resources.get("num_gpus", 0), **task.resources.get("resources", {})}
             if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
                 have = ", ".join(f"{k}: {max((n.get(k, 0) for n in nodes), default=0):g}" for k in need)
-                hint = f"; start each node with --resources '{{\"{HEAVY}\": 1}}'" if HEAVY in need else ""
+                hint = f"; start each node with --resources '{{\"{SOLO}\": 1}}'" if SOLO in need else ""
                 raise ExecutorError(f"no node of the Ray cluster can run {task}: it needs "
                                     f"{', '.join(f'{k}: {v:g}' for k, v in need.items())}, the largest "
                                     f"node offers {have}{hint}")

@@ -18,7 +18,7 @@ import torch
 from .protocol import BULK_PAIRS, BULK_SEED, CLASS_A_BAND, CLASS_B_BAND
 
 _CHUNK = 65_536  # rows per (chunk, d)ᵀ(chunk, d) product: large enough for BLAS, small in memory
-_HEAVY = 1e-3    # purity: tokens with p_i at least this get float64 rows
+_DOMINANT = 1e-3    # purity: tokens with p_i at least this get float64 rows
 _CACHE_CHUNK = 1 << 19   # bytes of E per unit_pair_columns chunk on the CPU: half a 1 MiB L2
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -249,11 +249,11 @@ def purity(p, psi) -> float | torch.Tensor:
     if p.ndim == 2:
         return torch.tensor([purity(row, psi) for row in p], dtype=torch.float64)
     w = p.sqrt()                                                   # rows √p_i ψ_i: BᵀB = ρ
-    heavy = torch.nonzero(p >= _HEAVY).flatten()                   # at most 1/_HEAVY rows
+    dominant = torch.nonzero(p >= _DOMINANT).flatten()                   # at most 1/_DOMINANT rows
     light = w.to(psi.dtype, copy=True)
-    light[heavy] = 0.0
+    light[dominant] = 0.0
     acc = _gram_blocks(psi, light)
-    gamma = _sq_norm(_gram_blocks(psi[heavy], w[heavy], dtype=torch.float64, unit=True, acc=acc))
+    gamma = _sq_norm(_gram_blocks(psi[dominant], w[dominant], dtype=torch.float64, unit=True, acc=acc))
     if gamma > 1.0 + _rounding_bound(torch.float64, *psi.shape):
         gamma = _gram_sq_norm(psi, w, dtype=torch.float64, unit=True)
     return gamma

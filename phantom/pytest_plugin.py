@@ -8,7 +8,7 @@ controller, before any worker starts. A test function asks for what it needs:
   ``parametrize_with_checks`` does for estimators: ids ``C3-smollm2-135m`` or ``C9-zoo``. An
   entry of ``expected.toml`` becomes a strict ``xfail`` mark at collection, with its reason.
 - ``planned_run`` — every run of :meth:`phantom.campaign.Campaign.planned` of every model, in
-  :func:`phantom.campaign.schedule`'s order (heavy full-FT runs first, then costliest first),
+  :func:`phantom.campaign.schedule`'s order (solo full-FT runs first, then costliest first),
   so that pytest-xdist spreads the fine-tuning over the workers.
 - ``searched_context`` — ``(model, context)`` of every usable context of a model whose plan
   has a saturation grid or a critical-LR search: its adaptive runs (A1, A2) are made there.

@@ -47,12 +47,13 @@ ROOTS: dict[str, str] = {
     "critical_lrs": "critical",
 }
 PACKAGE = pathlib.Path(__file__).parent
-HEAVY_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
+SOLO_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
 
 
-def heavy(info: zoo.ModelInfo, mode: str) -> bool:
-    """Whether a run of ``mode`` on this model takes the machine's one heavy full-FT slot."""
-    return mode == "full" and info.n_params > HEAVY_PARAMS
+def solo(info: zoo.ModelInfo, mode: str) -> bool:
+    """Whether a run of ``mode`` on this model is solo: a full FT too big to share its machine's memory,
+    which takes the machine's one solo slot (runs one at a time)."""
+    return mode == "full" and info.n_params > SOLO_PARAMS
 
 
 def _imports(module: str, package: pathlib.Path) -> set[str]:
@@ -97,7 +98,7 @@ def code_sha256(kind: str, package: pathlib.Path = PACKAGE) -> str:
 @functools.cache
 def versions() -> dict:
     """Versions that can change a result's numbers."""
-    import peft  # heavy: imported when a key is first built, not with the module
+    import peft  # slow to import: imported when a key is first built, not with the module
     import torch
     import transformers
     return {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -212,8 +213,7 @@ def _trajectory_check(**expected) -> Callable[[dict], None]:
 
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
                seed: int = SEED, stop: str = "never", observables: str = "claims", device: str = "cpu",
-               store: RunStore | None = None, loader: Callable = SLOT, heavy_lock: bool = True,
-               stored_only: bool = False) -> Trajectory | None:
+               store: RunStore | None = None, loader: Callable = SLOT, solo_lock: bool = True) -> Trajectory:
     """A run from the store, computed (once across all processes) on a miss (SPEC §4).
 
     The key holds the observable set; a request for ``"claims"`` is served by an ``"all"``
@@ -227,12 +227,10 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     mode, lr, steps, seed, stop, observables, device
         As :func:`phantom.dynamics.run`. The key holds the device type and the dtype (float32),
         so a CUDA run is cached apart from the CPU one and never served for it.
-    heavy_lock : bool
-        Full FT of a model above :data:`HEAVY_PARAMS` takes the machine-wide lock file in the
+    solo_lock : bool
+        Full FT of a model above :data:`SOLO_PARAMS` takes the machine-wide lock file in the
         store root (default). A scheduler that already allows one such run per node (the Ray
-        executor's ``phantom_heavy_ft`` resource) passes False.
-    stored_only : bool
-        Only look the run up: None when the store does not hold it (nothing is computed).
+        executor's ``phantom_solo_ft`` resource) passes False.
     """
     lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed, observables)   # before any model is loaded
     context = contexts.get(context) if isinstance(context, str) else context
@@ -247,15 +245,12 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
     if observables != "all" and (wider := store.get(run_key("all"), check)) is not None:
         return Trajectory.from_dict(wider)
-    if stored_only:
-        found = store.get(run_key(observables), check)
-        return None if found is None else Trajectory.from_dict(found)
 
     def compute() -> dict:
         loaded = loader(model)
-        slot = exclusive_lock(store.root / ".heavy-full-ft.lock", "the machine-wide full fine-tuning slot "
-                              f"(models above {HEAVY_PARAMS / 1e6:.0f}M parameters)") \
-            if heavy_lock and heavy(loaded.info, mode) else nullcontext()
+        slot = exclusive_lock(store.root / ".solo-full-ft.lock", "the machine-wide full fine-tuning slot "
+                              f"(models above {SOLO_PARAMS / 1e6:.0f}M parameters)") \
+            if solo_lock and solo(loaded.info, mode) else nullcontext()
         with slot:
             traj = dynamics.run(loaded, context, mode=mode, lr=lr, steps=steps, seed=seed, pair=pair,
                                 stop=stop, observables=observables, device=device)

@@ -9,9 +9,10 @@ warm store reads exactly the runs it made the first time and computes nothing; i
 - :func:`context_critical` locates the per-context critical LR ``η_i``, the smallest full-FT
   LR at which the context Born-flips by ``T``, to a relative precision (SPEC §5 A2). Every
   run it reads enters a per-context record of outcomes, whose monotonicity in η it checks.
-  The first probe of each step is placed where the response ``Φ_T(η)``, smooth in ``ln η``,
-  crosses zero between the bracket's ends, as a pair that straddles that estimate within
-  the precision; when a pair fails to halve the bracket, the next step bisects it.
+  Probes go where the response ``Φ_T(η)``, smooth in η and ``Φ_0`` at η = 0, crosses zero
+  by a monotone cubic through every run read (:func:`zero_estimate`): one probe per step,
+  then, once two successive estimates agree, a pair straddling the estimate within the
+  precision; a bracket that fails to halve over :data:`BISECT_AFTER` steps is bisected.
 
 :mod:`phantom.critical` caches the per-context searches in the run store and combines them
 into ``η_c``.
@@ -22,12 +23,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from scipy.interpolate import PchipInterpolator
+from scipy.optimize import brentq
+
 from . import laws
 from .protocol import CONTEXT_RTOL
 from .trajectory import Trajectory
 
 EXTEND_DECADES = 3    # η_i searched up to three decades beyond the LRs of the plan (not a SPEC value)
 _STRADDLE = 0.999     # a straddling pair spans (1 + rtol) · 0.999², safely inside the precision
+BISECT_AFTER = 3      # a search whose bracket fails to halve (in ln η) over this many steps bisects once
 
 Prefetch = Callable[[list[tuple[str, float, str, str]]], None]
 """Computes the store entries of runs ``(mode, lr, context, stop)`` before they are read, e.g. in parallel."""
@@ -128,26 +133,54 @@ class ContextCritical:
         return laws.Estimate(lo, hi) if lo == 0.0 or math.isinf(hi) else laws.Estimate.number(hi)
 
 
-def _next_probes(state: ContextCritical, rtol: float, phi0: float, bisect: bool,
-                 grid: tuple[float, float]) -> list[float]:
-    """The LRs of the next step of the search: an extension, a straddling pair or a bisection."""
+def zero_estimate(state: ContextCritical, phi0: float) -> float | None:
+    """Where ``Φ_T(η)`` crosses zero inside the bracket, from every completed run read so far.
+
+    The root of a monotone cubic (PCHIP, :class:`scipy.interpolate.PchipInterpolator`) in
+    η through each run's ``Φ_T`` and ``(0, Φ_0)`` (no update moves nothing). None when the
+    interpolant does not change sign across the bracket (an end that diverged, or that
+    flipped with ``Φ_T ≤ 0``).
+    """
+    lo, hi = state.bracket
+    if not math.isfinite(hi) or any(state.seen[end][1] is None for end in (lo, hi) if end > 0):
+        return None
+    points = sorted((lr, phi0 + r) for lr, (_, r) in state.seen.items() if r is not None)
+    f = PchipInterpolator([0.0] + [lr for lr, _ in points], [phi0] + [phi for _, phi in points])
+    if not f(lo) < 0 < f(hi):
+        return None
+    return float(brentq(f, lo, hi, xtol=hi * 1e-9))
+
+
+def _next_probes(state: ContextCritical, rtol: float, phi0: float, last: float | None, bisect: bool,
+                 grid: tuple[float, float]) -> tuple[list[float], float | None]:
+    """The LRs of the search's next step and the zero estimate they rest on (None: not estimated).
+
+    Never flipped: a decade higher. Otherwise at :func:`zero_estimate`, one probe, or a pair
+    straddling it within ``rtol`` once two successive estimates agree to ``rtol / 2``. When
+    ``bisect`` (or no estimate), the bracket's geometric mean, or a decade lower when every
+    LR read flips. Nothing beyond :data:`EXTEND_DECADES` of the grid: ``[]``, a bound.
+    """
     lo, hi = state.bracket
     if math.isinf(hi):                                     # never flipped: a decade higher
         top = max(state.seen) * 10
-        return [top] if top <= grid[1] * 10 ** EXTEND_DECADES * (1 + 1e-9) else []
-    if lo == 0.0:                                          # flipped everywhere: a decade lower
-        bottom = min(state.seen) / 10
-        return [bottom] if bottom >= grid[0] / 10 ** EXTEND_DECADES * (1 - 1e-9) else []
-    if not bisect:
-        (_, r_lo), (_, r_hi) = state.seen[lo], state.seen[hi]
-        if r_lo is not None and r_hi is not None and (phi0 + r_lo) < 0 < (phi0 + r_hi):
-            u = math.log(lo) + (math.log(hi) - math.log(lo)) * (-(phi0 + r_lo)) / (r_hi - r_lo)
-            half = 0.5 * math.log1p(rtol) * _STRADDLE
-            pair = [math.exp(u - half), math.exp(u + half)]
-            inside = [x for x in pair if lo * (1 + 1e-9) < x < hi / (1 + 1e-9)]
-            if inside:
-                return inside
-    return [math.sqrt(lo * hi)]
+        return ([top] if top <= grid[1] * 10 ** EXTEND_DECADES * (1 + 1e-9) else []), None
+    floor = grid[0] / 10 ** EXTEND_DECADES * (1 - 1e-9)
+    u = None if bisect else zero_estimate(state, phi0)
+    if u is None:
+        if lo == 0.0:                                      # flipped everywhere: a decade lower
+            bottom = min(state.seen) / 10
+            return ([bottom] if bottom >= floor else []), None
+        return [math.sqrt(lo * hi)], None
+    u = max(u, floor)
+    if last is not None and abs(math.log(u / last)) < rtol / 2:
+        half = 0.5 * math.log1p(rtol) * _STRADDLE
+        probes = [math.exp(math.log(u) - half), math.exp(math.log(u) + half)]
+    else:
+        probes = [u]
+    inside = [x for x in probes if max(lo, floor) * (1 + 1e-9) < x < hi / (1 + 1e-9)]
+    if inside or lo == 0.0:
+        return inside, u
+    return [math.sqrt(lo * hi)], u
 
 
 def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT_RTOL,),
@@ -171,10 +204,14 @@ def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT
     grid = (min(state.seen), max(state.seen))
     phi0 = float(run["phi"][0])                             # every run of a context starts from the same Φ_0
     for rtol in rtols:
-        bisect = False
+        widths, last = [], None                           # ln(hi/lo) before each step; last estimate
         while state.width() > rtol:
-            before = math.log1p(state.width()) if math.isfinite(state.width()) else math.inf
-            probes = [x for x in _next_probes(state, rtol, phi0, bisect, grid) if x not in state.seen]
+            widths.append(math.log1p(state.width()))
+            stalled = len(widths) > BISECT_AFTER and widths[-1] > 0.5 * widths[-1 - BISECT_AFTER]
+            found, last = _next_probes(state, rtol, phi0, last, stalled, grid)
+            probes = [x for x in found if x not in state.seen]
+            if stalled:
+                widths = []
             if not probes:
                 break                                      # the extension is spent: a bound
             if prefetch is not None:
@@ -184,6 +221,4 @@ def context_critical(campaign, context: str, rtols: tuple[float, ...] = (CONTEXT
                 state.add(run)
                 state.probes.append(x)
                 state.steps += len(run["phi"]) - 1
-            after = math.log1p(state.width()) if math.isfinite(state.width()) else math.inf
-            bisect = math.isfinite(before) and after > 0.5 * before
     return state

@@ -142,17 +142,17 @@ def test_for_budget_plans_from_the_model_info(monkeypatch, tmp_path):
         assert camp.model == name and camp.plan == plan_for("standard", info) and camp.store is rs
 
 
-def test_schedule_puts_the_heavy_slots_runs_first_together(fake, monkeypatch, rs):
+def test_schedule_puts_the_solo_slots_runs_first_together(fake, monkeypatch, rs):
     infos = {"smol": SMOL, "qwen": QWEN}
     monkeypatch.setattr(runs, "model_info", infos.__getitem__)
     camps = [Campaign(m, store=rs, loader=never_load) for m in infos]
     order = campaign.schedule(camps)
     assert sorted(order) == sorted((c.model, *r) for c in camps for r in c.planned())   # every run, once
-    heavy = [r for r in order if runs.heavy(infos[r[0]], r[1])]
-    assert heavy and {(m, mode) for m, mode, *_ in heavy} == {("qwen", "full")}
-    assert order[:len(heavy)] == heavy == [("qwen", *r) for r in camps[1].planned() if r[0] == "full"]
-    assert order[len(heavy):] == [(c.model, *r) for c in camps for r in c.planned()
-                                  if (c.model, *r) not in heavy]                        # the rest in plan order
+    solo = [r for r in order if runs.solo(infos[r[0]], r[1])]
+    assert solo and {(m, mode) for m, mode, *_ in solo} == {("qwen", "full")}
+    assert order[:len(solo)] == solo == [("qwen", *r) for r in camps[1].planned() if r[0] == "full"]
+    assert order[len(solo):] == [(c.model, *r) for c in camps for r in c.planned()
+                                  if (c.model, *r) not in solo]                        # the rest in plan order
     assert fake.trajectory_calls == []
 
 
@@ -374,7 +374,7 @@ def test_estimate_counts_the_grids_exactly_and_the_adaptive_runs_by_the_rule():
         assert by[name].runs == 9 * per and by[name].estimated and by[name].mode == "full"
     assert all(k.steps == k.runs * 30 for k in e.kinds)                  # the upper bound: T each
     assert e.runs == sum(k.runs for k in e.kinds) and e.steps == e.runs * 30
-    assert e.contexts == 9 and not e.contexts_known and not e.heavy
+    assert e.contexts == 9 and not e.contexts_known and not e.solo
 
 
 def test_estimate_without_saturation_or_search_has_no_adaptive_runs():
@@ -403,13 +403,13 @@ def test_default_costs_reproduce_the_measured_steps():
     assert 0 < c.kept["lora"] <= c.kept["full"] <= 1
 
 
-def test_wall_seconds_spreads_over_workers_but_heavy_full_ft_is_serial():
-    light, heavy = campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), QWEN)
-    heavy_full = sum(k.seconds for k in heavy.kinds if k.mode == "full")
-    assert heavy.heavy and heavy.serial_seconds == pytest.approx(heavy_full)
+def test_wall_seconds_spreads_over_workers_but_solo_full_ft_is_serial():
+    light, big = campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), QWEN)
+    big_full = sum(k.seconds for k in big.kinds if k.mode == "full")
+    assert big.solo and big.serial_seconds == pytest.approx(big_full)
     assert campaign.wall_seconds([light], 2) == pytest.approx(light.seconds / 2)
     assert campaign.wall_seconds([light], 1) == pytest.approx(light.seconds)
-    assert campaign.wall_seconds([light, heavy], 8) == pytest.approx(heavy.serial_seconds)
+    assert campaign.wall_seconds([light, big], 8) == pytest.approx(big.serial_seconds)
     with pytest.raises(ValueError):
         campaign.wall_seconds([light], 0)
 

@@ -82,16 +82,16 @@ def test_resources_of_smollm2_are_its_measured_peaks():
         assert executor.resources(smol, kind, mode) == {"num_cpus": 1, "memory": executor.PEAK_RSS[work]}
 
 
-def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_heavy_unit():
+def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_solo_unit():
     qwen = _info(630_167_424)
     full = executor.resources(qwen, "trajectory", "full", "cuda:0")
-    assert full["num_gpus"] == 1 and full["resources"] == {executor.HEAVY: 1}
+    assert full["num_gpus"] == 1 and full["resources"] == {executor.SOLO: 1}
     assert 14e9 < full["memory"] < 17e9                       # ≈ 14 GB observed on Qwen2.5-0.5B
     lora = executor.resources(qwen, "trajectory", "lora", "cuda")
     assert 0 < lora["num_gpus"] < 1 and "resources" not in lora
     assert "num_gpus" not in executor.resources(qwen, "trajectory", "full", "cpu")
-    assert "resources" not in executor.resources(_info(runs.HEAVY_PARAMS), "trajectory", "full")
-    assert "resources" in executor.resources(_info(runs.HEAVY_PARAMS + 1), "trajectory", "full")
+    assert "resources" not in executor.resources(_info(runs.SOLO_PARAMS), "trajectory", "full")
+    assert "resources" in executor.resources(_info(runs.SOLO_PARAMS + 1), "trajectory", "full")
     assert "num_gpus" not in executor.resources(qwen, "bulk", None, "cuda")   # statistics stay on CPU
 
 
@@ -245,13 +245,13 @@ def test_live_display_redraws_one_line_per_model(capsys):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster per session, bound to 127.0.0.1, with one heavy-run unit."""
+    """One local Ray cluster per session, bound to 127.0.0.1, with one solo-run unit."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         pytest.skip("Ray tests start one cluster per session: run them apart, without xdist: "
                     "pytest tests/unit -m ray -p no:xdist")
     ray = cluster.import_ray(private=True)   # every server on loopback, even if Ray was imported already
     ray.init(address="local", _node_ip_address=cluster.LOOPBACK, num_cpus=2, object_store_memory=100 * 2**20,
-             include_dashboard=False, resources={executor.HEAVY: 1}, log_to_driver=False, logging_level="WARNING",
+             include_dashboard=False, resources={executor.SOLO: 1}, log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'unit'}"}})
     yield ray
     ray.shutdown()
@@ -355,21 +355,21 @@ def _warm_worker() -> int:
 
 
 @pytest.mark.ray
-def test_heavy_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
+def test_solo_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
     c = cmp.Campaign(tiny[0], cmp.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
-    monkeypatch.setattr(runs, "HEAVY_PARAMS", 0)            # every full fine-tune is heavy (driver side)
-    heavy = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
+    monkeypatch.setattr(runs, "SOLO_PARAMS", 0)            # every full fine-tune is solo (driver side)
+    solo = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
     light = [executor.run_task(c, "lora", lr, "longing") for lr in (1e-4, 2e-4, 3e-4, 4e-4)]
-    assert all(t.resources.get("resources") == {executor.HEAVY: 1} for t in heavy)
+    assert all(t.resources.get("resources") == {executor.SOLO: 1} for t in solo)
     warm = ray_cluster.remote(num_cpus=1)(_warm_worker)
     assert len(set(ray_cluster.get([warm.remote(), warm.remote()]))) == 2   # two workers, imports done
-    done = list(executor.RayExecutor().run(c, [t for pair in zip(heavy, light) for t in pair]))
+    done = list(executor.RayExecutor().run(c, [t for pair in zip(solo, light) for t in pair]))
     assert all(d.computed for d in done)
-    spans = sorted((d.start, d.end, d.node) for d in done if d.task in heavy)
+    spans = sorted((d.start, d.end, d.node) for d in done if d.task in solo)
     assert len(spans) == 4
     for (_, end, node), (start, _, other) in zip(spans, spans[1:]):
-        assert node != other or end <= start, f"heavy runs overlap: {spans}"
+        assert node != other or end <= start, f"solo runs overlap: {spans}"
     every = sorted((d.start, d.end) for d in done)
     assert any(b[0] < a[1] for a, b in zip(every, every[1:])), f"no two tasks ever ran at once: {every}"
 

@@ -1,7 +1,7 @@
 """Tests of the run layer (:mod:`phantom.runs`, SPEC §4): its key builder and its cached runs.
 
 The key builder and the layering are checked without any model: every kind's code hash
-follows exactly the sources listed for it, and the maths layer imports nothing heavy.
+follows exactly the sources listed for it, and the maths layer imports no model layer.
 
 Then the runs themselves (``slow``): a run's key holds everything that determines it; a warm
 store answers without loading any model; a run asked for by several processes is computed
@@ -167,11 +167,11 @@ def test_no_import_cycle():
         visit(module)
 
 
-HEAVY = ("phantom.zoo", "phantom.dynamics", "phantom.store", "phantom.runs", "phantom.campaign",
+MODEL_LAYER = ("phantom.zoo", "phantom.dynamics", "phantom.store", "phantom.runs", "phantom.campaign",
          "transformers", "peft")
 
 
-def test_the_maths_layer_imports_nothing_heavy():
+def test_the_maths_layer_imports_no_model_layer():
     code = ("import json, sys; import phantom.laws, phantom.geometry, phantom.transitions; "
             "print(json.dumps(sorted(sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=runs.PACKAGE.parent, capture_output=True, text=True,
@@ -179,7 +179,7 @@ def test_the_maths_layer_imports_nothing_heavy():
     assert proc.returncode == 0, proc.stderr
     loaded = set(json.loads(proc.stdout))
     assert {"phantom.laws", "phantom.geometry", "phantom.transitions", "phantom.protocol"} <= loaded
-    assert [m for m in HEAVY if m in loaded] == []
+    assert [m for m in MODEL_LAYER if m in loaded] == []
 
 
 class LoaderCalled(Exception):
@@ -271,16 +271,6 @@ def test_warm_store_answers_without_loading(cold, monkeypatch):
     spelled = runs.trajectory(SMOL, contexts.get(CONTEXT), mode="lora", lr=np.float64(1e-3), steps=3,
                                store=RunStore(cold["root"]), loader=NoLoad())
     assert_same_trajectory(spelled, cold["traj"])
-
-
-@slow
-def test_stored_only_looks_up_and_never_computes(cold, monkeypatch):
-    monkeypatch.setattr(dynamics, "run", NoLoad())
-    found = runs.trajectory(SMOL, CONTEXT, **BASE, store=RunStore(cold["root"]), loader=NoLoad(), stored_only=True)
-    assert_same_trajectory(found, cold["traj"])
-    other = {**BASE, "lr": 3e-4}
-    assert runs.trajectory(SMOL, CONTEXT, **other, store=RunStore(cold["root"]), loader=NoLoad(),
-                           stored_only=True) is None
 
 
 @slow
@@ -435,20 +425,20 @@ def test_two_processes_compute_once(tmp_path):
 
 
 @slow
-@pytest.mark.parametrize("mode, heavy", [("full", True), ("lora", False)])
-def test_heavy_full_ft_runs_one_at_a_time(tmp_path, monkeypatch, mode, heavy):
-    """Full FT of a model above HEAVY_PARAMS holds the machine-wide heavy lock while it runs."""
+@pytest.mark.parametrize("mode, solo", [("full", True), ("lora", False)])
+def test_solo_full_ft_runs_one_at_a_time(tmp_path, monkeypatch, mode, solo):
+    """Full FT of a model above SOLO_PARAMS holds the machine-wide solo lock while it runs."""
     import fcntl
 
     import tiny_models
     model_dir = str(tiny_models.build_tiny("llama", tmp_path / "tiny"))
     rs = RunStore(tmp_path / "runs")
-    monkeypatch.setattr(runs, "HEAVY_PARAMS", 0)
+    monkeypatch.setattr(runs, "SOLO_PARAMS", 0)
     seen = []
     real_run = dynamics.run
 
     def probing_run(*args, **kwargs):
-        with open(rs.root / ".heavy-full-ft.lock", "a") as f:
+        with open(rs.root / ".solo-full-ft.lock", "a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 seen.append(False)
@@ -458,4 +448,4 @@ def test_heavy_full_ft_runs_one_at_a_time(tmp_path, monkeypatch, mode, heavy):
 
     monkeypatch.setattr(dynamics, "run", probing_run)
     runs.trajectory(model_dir, "tired", mode=mode, lr=1e-3, steps=1, store=rs, loader=zoo.load)
-    assert seen == [heavy]
+    assert seen == [solo]

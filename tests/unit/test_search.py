@@ -210,12 +210,13 @@ def test_context_bracket_contains_the_threshold(theta, shape):
 
 @pytest.mark.parametrize("theta", THRESHOLDS)
 def test_straddle_needs_few_probes_on_a_linear_response(theta):
-    """Φ_T linear in ln η: the interpolated zero is exact, so each precision costs one straddling pair."""
+    """Φ_T linear in ln η (not through Φ_0 at η = 0, so the cubic in η is only close): a probe at
+    the estimate, then a straddling pair once two estimates agree."""
     camp = Fake(Crossing({"c0": theta}, "linear"))
     coarse = search.context_critical(camp, "c0")
-    assert len(coarse.probes) <= 2
+    assert len(coarse.probes) <= 3
     fine = search.context_critical(camp, "c0", (CONTEXT_RTOL, CRITICAL_RTOL))
-    assert len(fine.probes) <= 4
+    assert len(fine.probes) <= 5
     assert fine.probes[:len(coarse.probes)] == coarse.probes      # a finer search walks the coarse path first
     lo, hi = fine.bracket
     assert lo < theta < hi and fine.width() <= CRITICAL_RTOL
@@ -227,8 +228,40 @@ def test_a_smooth_nonlinear_response_still_brackets_cheaply(theta):
     s = search.context_critical(camp, "c0", (CONTEXT_RTOL, CRITICAL_RTOL))
     lo, hi = s.bracket
     assert lo < theta < hi and s.width() <= CRITICAL_RTOL
-    # a bisection from a factor-2.5 grid bracket to 1% alone takes ⌈log2(ln 2.5 / ln 1.01)⌉ = 7 probes
-    assert len(s.probes) <= 7
+    # a bisection from a factor-2.5 grid bracket to 1% alone takes ⌈log2(ln 2.5 / ln 1.01)⌉ = 7 probes;
+    # a response through Φ_0 at η = 0, as a real one is, takes a probe and a pair to 5%, as many more to 1%
+    assert len(s.probes) <= 4
+    assert len(search.context_critical(Fake(Crossing({"c0": theta}, "saturating")), "c0").probes) <= 2
+
+
+def test_zero_estimate_is_the_root_of_the_cubic_through_phi_0_and_every_run():
+    camp = Fake(Crossing({"c0": 7.3e-6}, "saturating"))
+    s = search.context_critical(camp, "c0")
+    u = search.zero_estimate(s, PHI0)
+    assert s.bracket[0] < u < s.bracket[1] and u == pytest.approx(7.3e-6, rel=CONTEXT_RTOL)
+    s.seen[s.hi] = (True, None)                                     # an end without Φ_T: no estimate
+    assert search.zero_estimate(s, PHI0) is None
+
+
+def test_a_stalled_search_bisects(monkeypatch):
+    """Estimates that keep landing next to the same end (regula falsi's stall) fall back to bisection."""
+    monkeypatch.setattr(search, "zero_estimate", lambda state, phi0: state.lo * 1.001)
+    camp = Fake(Crossing({"c0": 7.3e-6}, "saturating"))
+    s = search.context_critical(camp, "c0")
+    lo, hi = s.bracket
+    assert lo < 7.3e-6 < hi and s.width() <= CONTEXT_RTOL
+    bisections = [x for x, (a, b) in zip(s.probes, _brackets(s)) if x == pytest.approx(math.sqrt(a * b), rel=1e-12)]
+    assert bisections and len(s.probes) < 40
+
+
+def _brackets(s: search.ContextCritical) -> list[tuple[float, float]]:
+    """The bracket before each probe, replayed from the probe order."""
+    seen = {lr: v for lr, v in s.seen.items() if lr not in s.probes}
+    out = []
+    for x in s.probes:
+        out.append(search.ContextCritical("c0", dict(seen)).bracket)
+        seen[x] = s.seen[x]
+    return out
 
 
 def test_context_search_replayed_on_the_same_store_runs_nothing_new():
