@@ -70,7 +70,8 @@ class Task:
     """One cached computation of :mod:`phantom.runs` (one or more run-store entries)."""
 
     model: str
-    kind: str          # "orientations", "bulk", "blind_r" or "trajectory"
+    kind: str          # the run-store kind it computes (:data:`EXECUTE`): every context's "orientation",
+                       # "bulk", one context's "blind_r" or one "trajectory"
     args: dict         # the kind's arguments (context, mode, lr, steps, stop, device)
     resources: dict    # the Ray resource request: num_cpus, memory, num_gpus, resources
 
@@ -178,7 +179,7 @@ def peak_rss(n_params: int, work: str) -> int:
 
 def resources(info: zoo.ModelInfo, kind: str, mode: str | None = None, device: str = "cpu") -> dict:
     """The Ray resource request of a task of ``kind`` (and ``mode``) on the model ``info``."""
-    work = {"orientations": "forward", "bulk": "forward", "blind_r": "blind", "trajectory": mode}[kind]
+    work = WORK.get(kind, mode)
     request = {"num_cpus": 1, "memory": peak_rss(info.n_params, work)}
     if kind == "trajectory" and runs.device_type(device) != "cpu":
         request["num_gpus"] = GPU_SHARE[mode]
@@ -195,7 +196,7 @@ def _task(c: cmp.Campaign, kind: str, **args) -> Task:
 
 def orientations_task(c: cmp.Campaign) -> Task:
     """The task of every context's orientation on the campaign's model."""
-    return _task(c, "orientations")
+    return _task(c, "orientation")
 
 
 def run_task(c: cmp.Campaign, mode: str, lr: float, context: str, stop: str | None = None) -> Task:
@@ -209,23 +210,43 @@ def statistic_tasks(c: cmp.Campaign) -> list[Task]:
     return [_task(c, "bulk")] + ([_task(c, "blind_r", context=u) for u in c.usable] if c.plan.eta_c else [])
 
 
+def _orientations(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
+    for context in contexts.CONTEXTS:
+        with suppress(contexts.ContextUnusable):   # cached as unusable, like Campaign.orientations
+            runs.orientation(model, context, store=store, loader=loader)
+
+
+def _bulk(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
+    runs.bulk(model, store=store, loader=loader)
+
+
+def _blind_r(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
+    pair = runs.orientation(model, a["context"], store=store, loader=loader)
+    runs.blind_r(model, a["context"], pair, store=store, loader=loader)
+
+
+def _trajectory(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
+    runs.trajectory(model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
+                    device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
+
+
+# task kind (a run-store entry kind of phantom.runs.ROOTS) → what computes it, and its work (PEAK_RSS)
+EXECUTE: dict[str, Callable] = {
+    "orientation": _orientations,
+    "bulk": _bulk,
+    "blind_r": _blind_r,
+    "trajectory": _trajectory,
+}
+WORK = {"orientation": "forward", "bulk": "forward", "blind_r": "blind"}   # a trajectory's work is its mode
+
+
 def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, solo_lock: bool = True) -> None:
     """Compute ``task``'s entries into ``store`` (nothing when they are there already)."""
-    a = task.args
-    if task.kind == "orientations":
-        for context in contexts.CONTEXTS:
-            with suppress(contexts.ContextUnusable):   # cached as unusable, like Campaign.orientations
-                runs.orientation(task.model, context, store=store, loader=loader)
-    elif task.kind == "bulk":
-        runs.bulk(task.model, store=store, loader=loader)
-    elif task.kind == "blind_r":
-        pair = runs.orientation(task.model, a["context"], store=store, loader=loader)
-        runs.blind_r(task.model, a["context"], pair, store=store, loader=loader)
-    elif task.kind == "trajectory":
-        runs.trajectory(task.model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
-                        device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
-    else:
-        raise ValueError(f"unknown task kind {task.kind!r}")
+    try:
+        compute = EXECUTE[task.kind]
+    except KeyError:
+        raise ValueError(f"unknown task kind {task.kind!r}; known: {', '.join(EXECUTE)}") from None
+    compute(task.model, task.args, store, loader, solo_lock)
 
 
 # --- executors -----------------------------------------------------------------------------

@@ -19,11 +19,11 @@ import pytest
 import tiny_models
 
 from phantom import campaign as cmp
-from phantom import claims, cli, cluster, dynamics, executor, files, runs, store, zoo
+from phantom import claims, cli, cluster, dynamics, executor, files, plans, runs, store, zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough for seconds per model, large enough for saturation fits and an η_c bisection.
-PLAN = cmp.Plan(sweep=(2e-5, 2e-4), extended=(5e-6,), lora=(1e-3,), steps=6)
+PLAN = plans.Plan(sweep=(2e-5, 2e-4), extended=(5e-6,), lora=(1e-3,), steps=6)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def _info(n_params: int) -> zoo.ModelInfo:
 def test_resources_of_smollm2_are_its_measured_peaks():
     smol = _info(executor.SMOLLM2_PARAMS)
     for kind, mode, work in [("trajectory", "full", "full"), ("trajectory", "lora", "lora"),
-                             ("blind_r", None, "blind"), ("orientations", None, "forward"), ("bulk", None, "forward")]:
+                             ("blind_r", None, "blind"), ("orientation", None, "forward"), ("bulk", None, "forward")]:
         assert executor.resources(smol, kind, mode) == {"num_cpus": 1, "memory": executor.PEAK_RSS[work]}
 
 
@@ -93,6 +93,14 @@ def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_solo_unit():
     assert "resources" not in executor.resources(_info(runs.SOLO_PARAMS), "trajectory", "full")
     assert "resources" in executor.resources(_info(runs.SOLO_PARAMS + 1), "trajectory", "full")
     assert "num_gpus" not in executor.resources(qwen, "bulk", None, "cuda")   # statistics stay on CPU
+
+
+def test_every_task_kind_is_a_run_store_kind_with_a_known_work():
+    assert set(executor.EXECUTE) <= set(runs.ROOTS)
+    assert set(executor.WORK) | {"trajectory"} == set(executor.EXECUTE)
+    assert set(executor.WORK.values()) <= set(executor.PEAK_RSS)
+    with pytest.raises(ValueError, match="unknown task kind 'orientations'; known: orientation, bulk"):
+        executor.execute(executor.Task("m", "orientations", {}, {}), store=None)
 
 
 def test_fingerprint_differences_name_each_field():
@@ -285,7 +293,7 @@ def test_ray_campaign_writes_the_local_executor_entries_and_verdicts(ray_cluster
 
 def _one_run(tiny, root) -> tuple[cmp.Campaign, executor.Task]:
     """A campaign with its orientations in the store, and the task of one of its runs."""
-    c = cmp.Campaign(tiny[0], cmp.Plan(steps=10), store.RunStore(root))
+    c = cmp.Campaign(tiny[0], plans.Plan(steps=10), store.RunStore(root))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
     return c, executor.run_task(c, "full", 2e-5, "longing")
 
@@ -356,7 +364,7 @@ def _warm_worker() -> int:
 
 @pytest.mark.ray
 def test_solo_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
-    c = cmp.Campaign(tiny[0], cmp.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
+    c = cmp.Campaign(tiny[0], plans.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
     monkeypatch.setattr(runs, "SOLO_PARAMS", 0)            # every full fine-tune is solo (driver side)
     solo = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
