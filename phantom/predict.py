@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import campaign, contexts, laws, zoo
+from . import campaign, contexts, laws, plans, zoo
 from .protocol import EXTENDED_GRID, FULL_GRID, LORA_GRID, STEPS
 from .store import NotStored, RunStore
 
@@ -73,7 +73,7 @@ def blind_constant(models, store=None) -> BlindConstant:
         if m in zoo.OFFLINE and not (zoo.cache_root() / "models" / m / zoo.MANIFEST).exists():
             missing[m] = "not measured: never loaded on this machine (no model cache entry)"
             continue
-        c = campaign.Campaign(m, campaign.Plan(), store=RunStore(store.root, read_only=True), loader=_never_load)
+        c = campaign.Campaign(m, plans.Plan(), store=RunStore(store.root, read_only=True), loader=_never_load)
         try:
             q, eta_c = campaign.blind_statistic(c).q, campaign.critical_lr_of(c)
         except NotStored as err:
@@ -163,13 +163,13 @@ def installed(model: str) -> bool:
 
 def measure_minutes(model: str) -> float | None:
     """Upper estimate of one thread's minutes of ``phantom laws --models <model>`` (its full-FT and
-    LoRA grids and the per-context critical-LR searches, every context run to T, at ``campaign.STEP_S_PER_PARAM``),
+    LoRA grids and the per-context critical-LR searches, every context run to T, at ``plans.STEP_S_PER_PARAM``),
     None outside the offline zoo. Runs that stop at the Born flip make real times lower."""
     n = OFFLINE_PARAMS.get(model)
     if n is None:
         return None
     lrs = len(FULL_GRID) + len(EXTENDED_GRID) + len(LORA_GRID) + SEARCH_PROBES
-    return campaign.STEP_S_PER_PARAM * n * STEPS * len(contexts.CONTEXTS) * lrs / 60
+    return plans.STEP_S_PER_PARAM * n * STEPS * len(contexts.CONTEXTS) * lrs / 60
 
 
 def remedy(const: BlindConstant) -> list[str]:

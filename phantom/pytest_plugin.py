@@ -38,7 +38,7 @@ import pytest
 
 from . import campaign as cmp
 from . import claims as registry
-from . import report, runs, zoo
+from . import dryrun, plans, report, runs, zoo
 from .store import NotStored, RunStore, default_root
 
 EXPECTED = Path("tests") / "claims" / "expected.toml"
@@ -59,11 +59,11 @@ class ClaimCase:
 
 def pytest_addoption(parser):
     group = parser.getgroup("phantom", "phantom claim suite")
-    group.addoption("--zoo", default="offline", choices=tuple(cmp.ZOOS),
+    group.addoption("--zoo", default="offline", choices=tuple(plans.ZOOS),
                     help="model zoo of SPEC §7 (default: offline)")
     group.addoption("--models", default=None,
                     help="comma-separated zoo names, Hugging Face ids or local dirs (overrides --zoo)")
-    group.addoption("--budget", default="standard", choices=cmp.BUDGETS,
+    group.addoption("--budget", default="standard", choices=plans.BUDGETS,
                     help="quick: SmolLM2 only; standard: SmolLM2 + Gemma-3; full: the SPEC protocol "
                          "on every model (Qwen included offline)")
     group.addoption("--device", default="cpu", choices=("cpu", "cuda"),
@@ -105,9 +105,9 @@ def read_expected(path: Path, budget: str) -> dict[tuple[str, str], dict]:
     out = {}
     for e in entries if isinstance(entries, list) else [entries]:
         if not isinstance(e, dict) or e.get("claim") not in registry.BY_ID or not e.get("model") \
-                or not e.get("reason") or e.get("budget", budget) not in cmp.BUDGETS:
+                or not e.get("reason") or e.get("budget", budget) not in plans.BUDGETS:
             raise pytest.UsageError(f"{path}: every [[not_reproduced]] entry needs a known claim, "
-                                    f"a model, a reason and, if any, a budget in {cmp.BUDGETS}; got {e!r}")
+                                    f"a model, a reason and, if any, a budget in {plans.BUDGETS}; got {e!r}")
         if e.get("budget", budget) != budget:
             continue
         if (e["claim"], e["model"]) in out:
@@ -122,7 +122,7 @@ class ClaimsSession:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        self.models = cmp.select_models(config.getoption("--models"), config.getoption("--zoo"),
+        self.models = plans.select_models(config.getoption("--models"), config.getoption("--zoo"),
                                         config.getoption("--budget"))
         self.budget = config.getoption("--budget")
         self.device = config.getoption("--device")
@@ -202,14 +202,14 @@ class ClaimsSession:
             self.announce_plan()
 
     def announce_plan(self) -> None:
-        """Write :func:`phantom.campaign.format_dry_run` of the session once, from the store (nothing computed)."""
+        """Write :func:`phantom.dryrun.format_dry_run` of the session once, from the store (nothing computed)."""
         if getattr(self, "_announced", False):
             return
         self._announced = True
         n = getattr(self.config.option, "numprocesses", None)
         workers = n if isinstance(n, int) and n > 0 else 1
         try:
-            text = cmp.format_dry_run(cmp.dry_run(self.models, self.budget, self.store), self.budget, workers)
+            text = dryrun.format_dry_run(dryrun.dry_run(self.models, self.budget, self.store), self.budget, workers)
         except Exception as err:  # noqa: BLE001 - a header never stops the session; its runs will say why
             text = f"phantom: the session's runs not estimated ({type(err).__name__}: {err})"
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

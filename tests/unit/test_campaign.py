@@ -9,8 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from phantom import campaign, contexts, runs, store, zoo
-from phantom.campaign import Campaign, Plan, parse_models, plan_for, zoo_models
+from phantom import campaign, contexts, dryrun, plans, runs, store, zoo
+from phantom.campaign import Campaign
+from phantom.plans import Plan, parse_models, plan_for, zoo_models
 from phantom.protocol import ETA_REF, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 
@@ -29,19 +30,17 @@ ALL_INFOS = [SMOL, GEMMA, QWEN, TINY]
 
 # --- zoo_models -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("zoo_name, budget, models", [
-    ("offline", "quick", ("smollm2-135m",)),
-    ("offline", "standard", ("smollm2-135m", "gemma3-270m")),
-    ("offline", "full", ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")),
-    *[("paper", b, ("distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM-360M",
-                    "EleutherAI/pythia-70m", "EleutherAI/pythia-410m")) for b in ("quick", "standard", "full")],
-])
-def test_zoo_models(zoo_name, budget, models):
-    assert zoo_models(zoo_name, budget) == models
+@pytest.mark.parametrize("zoo_name", sorted(plans.ZOOS))
+def test_zoo_models_grow_with_the_budget(zoo_name):
+    quick, standard, full = (zoo_models(zoo_name, b) for b in plans.BUDGETS)
+    assert quick and set(quick) <= set(standard) <= set(full)
+    assert all(zoo_models(zoo_name, b) == plans.ZOOS[zoo_name][b] for b in plans.BUDGETS)
+    assert all(len(set(m)) == len(m) for m in (quick, standard, full))
 
 
 def test_offline_zoo_models_are_offline_models():
     assert set(zoo_models("offline", "full")) <= set(zoo.OFFLINE)
+    assert set(zoo.OFFLINE) <= {m for b in plans.BUDGETS for m in zoo_models("offline", b)}   # each in a budget
 
 
 @pytest.mark.parametrize("zoo_name, budget", [("offline-full", "standard"), ("custom", "quick"), ("", "full"),
@@ -104,20 +103,20 @@ def test_quick_plan():
 def test_full_ft_seconds_matches_the_measured_steps(info, step_s, rel):
     """The cost model reproduces the measured single-thread full-FT steps (fitted on Gemma-3's)."""
     runs_per_lr = len(contexts.CONTEXTS)
-    per_step = campaign.full_ft_seconds(info) / (30 * len(Plan().full_lrs) * runs_per_lr)
+    per_step = plans.full_ft_seconds(info) / (30 * len(Plan().full_lrs) * runs_per_lr)
     assert per_step == pytest.approx(step_s, rel=rel)
     reduced = Plan(sweep=(ETA_REF,), extended=())                   # one full-FT LR instead of eight
-    assert campaign.full_ft_seconds(info, reduced) == pytest.approx(campaign.full_ft_seconds(info) / 8, rel=1e-12)
+    assert plans.full_ft_seconds(info, reduced) == pytest.approx(plans.full_ft_seconds(info) / 8, rel=1e-12)
 
 
 def test_standard_plans():
-    assert campaign.full_ft_seconds(GEMMA) < campaign.STANDARD_FULL_FT_S < campaign.full_ft_seconds(QWEN)
+    assert plans.full_ft_seconds(GEMMA) < plans.STANDARD_FULL_FT_S < plans.full_ft_seconds(QWEN)
     for info in (SMOL, GEMMA, TINY):                  # the complete SPEC §4 protocol, nothing reduced
         assert plan_for("standard", info) == Plan() and not Plan().reductions
     qwen = plan_for("standard", QWEN)
     assert qwen.sweep == (ETA_REF,) and qwen.extended == () and qwen.lora == (LORA_REF,) and not qwen.eta_c
     assert len(qwen.reductions) == 4
-    hours = f"≈{campaign.full_ft_seconds(QWEN) / 3600:.1f} h"         # the reason states the estimate
+    hours = f"≈{plans.full_ft_seconds(QWEN) / 3600:.1f} h"         # the reason states the estimate
     assert hours in qwen.reductions[0]
 
 
@@ -126,7 +125,7 @@ def test_standard_plan_follows_the_cost_not_the_name(monkeypatch):
     assert plan_for("standard", named_qwen) == plan_for("standard", SMOL)
     named_smol = dataclasses.replace(QWEN, name="smollm2-135m")
     assert plan_for("standard", named_smol) == plan_for("standard", QWEN)
-    cost = campaign.full_ft_seconds(SMOL)
+    cost = plans.full_ft_seconds(SMOL)
     monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost)          # at the ceiling: still the sweep
     assert plan_for("standard", SMOL).sweep == SPEC_SWEEP
     monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost * (1 - 1e-9))
@@ -366,11 +365,11 @@ def test_planned_adds_reference_lrs_and_covers_every_accessor(fake, rs):
 # --- dry run: estimate, wall_seconds, dry_run, `phantom campaign --dry-run` -----------------
 
 def test_estimate_counts_the_grids_exactly_and_the_adaptive_runs_by_the_rule():
-    e = campaign.estimate(Plan(), SMOL, 9)
+    e = dryrun.estimate(Plan(), SMOL, 9)
     by = {k.kind: k for k in e.kinds}
     assert by["full-FT grid"].runs == 9 * 8 and by["LoRA grid"].runs == 9 * 5
     assert not by["full-FT grid"].estimated and not by["LoRA grid"].estimated
-    for name, per in campaign.ADAPTIVE_PER_CONTEXT.items():
+    for name, per in dryrun.ADAPTIVE_PER_CONTEXT.items():
         assert by[name].runs == 9 * per and by[name].estimated and by[name].mode == "full"
     assert all(k.steps == k.runs * 30 for k in e.kinds)                  # the upper bound: T each
     assert e.runs == sum(k.runs for k in e.kinds) and e.steps == e.runs * 30
@@ -378,16 +377,16 @@ def test_estimate_counts_the_grids_exactly_and_the_adaptive_runs_by_the_rule():
 
 
 def test_estimate_without_saturation_or_search_has_no_adaptive_runs():
-    e = campaign.estimate(plan_for("quick", SMOL), SMOL)
+    e = dryrun.estimate(plan_for("quick", SMOL), SMOL)
     assert [k.kind for k in e.kinds] == ["full-FT grid", "LoRA grid"]
     assert e.contexts == len(contexts.CONTEXTS) and e.runs == 2 * len(contexts.CONTEXTS)
 
 
 def test_estimate_seconds_follow_the_costs():
-    costs = campaign.Costs(step_s_per_param={"full": 1e-8, "lora": 2e-9}, t0_s_per_param={"full": 1e-8, "lora": 0.0},
+    costs = dryrun.Costs(step_s_per_param={"full": 1e-8, "lora": 2e-9}, t0_s_per_param={"full": 1e-8, "lora": 0.0},
                            copy_s_per_param=1e-8, kept={"full": 0.5, "lora": 1.0})
     info = dataclasses.replace(SMOL, n_params=100_000_000)
-    e = campaign.estimate(Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False), info, 1, costs)
+    e = dryrun.estimate(Plan(sweep=(ETA_REF,), extended=(), lora=(LORA_REF,), eta_c=False), info, 1, costs)
     full, lora = e.kinds
     assert full.seconds == pytest.approx(1 + 1 + 15 * 1.0)                # copy + t = 0 + 15 kept updates
     assert lora.seconds == pytest.approx(1 + 30 * 0.2)
@@ -396,7 +395,7 @@ def test_estimate_seconds_follow_the_costs():
 
 def test_default_costs_reproduce_the_measured_steps():
     """The fitted costs give the per-update seconds measured in the store (2 workers, contention)."""
-    c = campaign.COSTS
+    c = dryrun.COSTS
     assert c.step_s_per_param["full"] * SMOL.n_params == pytest.approx(0.86, rel=0.05)
     assert c.step_s_per_param["full"] * GEMMA.n_params == pytest.approx(1.71, rel=0.05)
     assert c.step_s_per_param["lora"] * GEMMA.n_params == pytest.approx(0.86, rel=0.05)
@@ -404,14 +403,14 @@ def test_default_costs_reproduce_the_measured_steps():
 
 
 def test_wall_seconds_spreads_over_workers_but_solo_full_ft_is_serial():
-    light, big = campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), QWEN)
+    light, big = dryrun.estimate(Plan(), SMOL), dryrun.estimate(Plan(), QWEN)
     big_full = sum(k.seconds for k in big.kinds if k.mode == "full")
     assert big.solo and big.serial_seconds == pytest.approx(big_full)
-    assert campaign.wall_seconds([light], 2) == pytest.approx(light.seconds / 2)
-    assert campaign.wall_seconds([light], 1) == pytest.approx(light.seconds)
-    assert campaign.wall_seconds([light, big], 8) == pytest.approx(big.serial_seconds)
+    assert dryrun.wall_seconds([light], 2) == pytest.approx(light.seconds / 2)
+    assert dryrun.wall_seconds([light], 1) == pytest.approx(light.seconds)
+    assert dryrun.wall_seconds([light, big], 8) == pytest.approx(big.serial_seconds)
     with pytest.raises(ValueError):
-        campaign.wall_seconds([light], 0)
+        dryrun.wall_seconds([light], 0)
 
 
 def _no_load(name):
@@ -423,7 +422,7 @@ def test_dry_run_reads_usable_contexts_from_the_store_and_computes_nothing(monke
     monkeypatch.setattr(runs, "SLOT", _no_load)
     monkeypatch.setattr(zoo, "load", _no_load)
     rs = store.RunStore(tmp_path / "runs")
-    cold = campaign.dry_run(["smollm2-135m"], "standard", rs)[0]
+    cold = dryrun.dry_run(["smollm2-135m"], "standard", rs)[0]
     assert cold.contexts == len(contexts.CONTEXTS) and not cold.contexts_known
     assert not (tmp_path / "runs").exists()                              # nothing written
     pair = {"g_word": "a", "c_word": "b", "g_id": 1, "c_id": 2, "p_g0": 0.1, "p_c0": 0.2}
@@ -431,13 +430,13 @@ def test_dry_run_reads_usable_contexts_from_the_store_and_computes_nothing(monke
         payload = {"unusable": "no pair"} if i == 0 else pair
         rs.get_or_compute(runs.key("orientation", "smollm2-135m", context=runs._context_fields(c)),
                           lambda p=payload: p)
-    warm = campaign.dry_run(["smollm2-135m", "gemma3-270m"], "standard", rs)
+    warm = dryrun.dry_run(["smollm2-135m", "gemma3-270m"], "standard", rs)
     assert warm[0].contexts == len(contexts.CONTEXTS) - 1 and warm[0].contexts_known
     assert warm[1].contexts == len(contexts.CONTEXTS) and not warm[1].contexts_known
 
 
 def test_format_dry_run_prints_a_block_per_model_and_a_total():
-    text = campaign.format_dry_run([campaign.estimate(Plan(), SMOL), campaign.estimate(Plan(), GEMMA, 7)],
+    text = dryrun.format_dry_run([dryrun.estimate(Plan(), SMOL), dryrun.estimate(Plan(), GEMMA, 7)],
                                    "standard", 2)
     lines = text.splitlines()
     assert sum(line.startswith(("smollm2-135m (", "gemma3-270m (")) for line in lines) == 2

@@ -20,7 +20,8 @@ import tiny_models
 import torch
 
 from phantom import campaign, contexts, dynamics, geometry, laws, runs, store, zoo
-from phantom.campaign import Campaign, ModelLaws, Plan
+from phantom.campaign import Campaign, ModelLaws
+from phantom.plans import Plan
 from phantom.protocol import ETA_REF, LORA_REF, SAT_ABOVE, SAT_BELOW
 from phantom.trajectory import SERIES, Trajectory
 

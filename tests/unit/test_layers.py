@@ -13,7 +13,8 @@ PACKAGE = Path(phantom.__file__).parent
 LAYERS = (
     ("maths", ("protocol", "files", "trajectory", "heap", "geometry", "transitions", "laws")),
     ("models", ("zoo", "contexts", "dynamics")),
-    ("run layer", ("store", "runs", "search", "critical", "campaign", "cluster", "executor", "progress")),
+    ("run layer", ("store", "runs", "search", "critical", "plans", "progress", "campaign", "dryrun", "cluster",
+                   "executor")),
     ("claims", ("claims",)),
     ("output", ("plots", "report")),
     ("practitioners", ("monitor", "callback", "predict")),

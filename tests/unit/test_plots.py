@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from phantom import files, laws, plots, search, transitions
-from phantom.campaign import Plan
+from phantom.plans import Plan
 from phantom.protocol import ETA_REF, LORA_REF
 from phantom.trajectory import SERIES, Trajectory
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tiny_models
 
-from phantom import campaign, cli, dynamics, predict, runs, search
+from phantom import campaign, cli, dynamics, plans, predict, runs, search
 from phantom.predict import NO_K, blind_constant, blind_lr
 from phantom.store import RunStore
 
@@ -47,7 +47,7 @@ def _measure(model: str, store: RunStore, monkeypatch, eta_c: float, phi0: float
     with monkeypatch.context() as m:
         m.setattr(dynamics, "blind_r", lambda loaded, context, pair: {"r": 1.0, "phi0": phi0})
         m.setattr(search, "context_critical", searched)
-        c = campaign.Campaign(model, campaign.Plan(), store)
+        c = campaign.Campaign(model, plans.Plan(), store)
         assert campaign.blind_statistic(c).q == pytest.approx(-phi0 / 30)
         assert campaign.critical_lr_of(c).eta_c == eta_c and campaign.critical_lr_of(c).converged
 
@@ -194,13 +194,12 @@ def predict_probe(name: str):
 ROW = {"G_gc": 0.5, "B": 1.0, "phi": -0.2, "dz": -2.0, "r": 100.0, "p_target": 0.1, "p_competitor": 0.3}
 
 
-def test_printed_table_escapes_csv_text(capsys):
+def test_printed_table_escapes_csv_text():
     const = predict.BlindConstant(("a", "b"), 10.0, {"a": (1e-6, 1e-7), "b": (2e-6, 1e-7)}, {},
                                   {"a": (5e-6, 1e-6), "b": (1, 1)}, {"a/c": math.log(5.0), "b/c": 0.0})
     acc = predict.measured_accuracy(const)
     results = cli._predict_rows([predict_probe("x\x1b[31mred\nline\x00")], [dict(ROW, r=-1.0)], const, acc, 30)
-    cli._print_predictions(results, const, acc, 30)
-    out = capsys.readouterr().out
+    out = cli.format_predictions(results, const, acc, 30)
     assert "\x1b" not in out and "\x00" not in out and "x\\x1b[31mred\\nline\\x00" in out
     assert "UNRELIABLE: beyond ×2" in out and "unpredictable: r = -1 ≤ 0" in out
 
@@ -249,7 +248,7 @@ def test_predict_smollm2_with_a_warm_store(store, tiny_dir, tmp_path, monkeypatc
 
 
 def usable(model: str, store: RunStore) -> list[str]:
-    return campaign.Campaign(model, campaign.Plan(), store).usable
+    return campaign.Campaign(model, plans.Plan(), store).usable
 
 
 def test_many_probes_announce_their_total_time(tiny_dir, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phantom import critical, laws, runs, search
-from phantom.campaign import Plan
+from phantom.plans import Plan
 from phantom.protocol import CONTEXT_RTOL, CRITICAL_RTOL, SAT_ABOVE, SAT_BELOW
 from phantom.store import RunStore
 from phantom.trajectory import SERIES, Trajectory
