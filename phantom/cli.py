@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import campaign, cluster, contexts, dynamics, executor, files, progress, runs, store, zoo
+from . import campaign, cluster, contexts, dryrun, dynamics, executor, files, plans, progress, runs, store, zoo
 from .protocol import MODES, SEED, STEPS
 
 PROG = "phantom"
@@ -114,7 +114,7 @@ def _out_dir(text: str) -> Path:
 
 def _models(text: str) -> tuple[str, ...]:
     try:
-        return campaign.parse_models(text)
+        return plans.parse_models(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -293,6 +293,39 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _run_trajectory(args: argparse.Namespace, context, clock: _Clock) -> tuple:
+    """``(trajectory, source, computed)`` of the run ``args`` names: computed here (``--no-store``)
+    or served by the run store, computing it there on a miss."""
+    what = f"fine-tuning {args.steps} steps ({args.mode}, lr={args.lr:g}, seed={args.seed})"
+    bar = progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps"))
+    if args.no_store:
+        loaded = _Loader(clock, always=True)(args.model)
+        clock(f"orienting {context.id!r} …")
+        pair = contexts.orient(context, loaded)
+        clock(f"{what} on {args.device} …")
+        with bar:
+            traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                                seed=args.seed, device=args.device, pair=pair, observables=args.observables)
+        return traj, "computed (--no-store)", True
+    clock(f"checking model {args.model} (run store: {store.default_root()}) …")
+    runs.weights_sha256(args.model)
+    loader = _Loader(clock)
+    clock(f"orienting {context.id!r} …")
+    runs.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
+    clock(f"{what} on {args.device}, unless already in the run store …")
+    before = loader.calls
+    with bar:
+        traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
+                               seed=args.seed, observables=args.observables, device=args.device, loader=loader)
+    computed = loader.calls > before
+    return traj, "run store (computed now)" if computed else "run store (cached)", computed
+
+
+def format_run(traj, analysis, source: str) -> str:
+    """The table of every step, the summary and where the run came from (what ``run`` prints)."""
+    return "\n".join([format_table(traj), "", format_summary(traj, analysis), f"{'source':<12}{source}"])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import transitions
     from .plots import plot_trajectory
@@ -306,50 +339,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_store:
         store.RunStore().check()
     check_out(args.out)
-    what = f"fine-tuning {args.steps} steps ({args.mode}, lr={args.lr:g}, seed={args.seed})"
-    if args.no_store:
-        loaded = _Loader(clock, always=True)(args.model)
-        clock(f"orienting {context.id!r} …")
-        pair = contexts.orient(context, loaded)
-        clock(f"{what} on {args.device} …")
-        with progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps")):
-            traj = dynamics.run(loaded, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                                seed=args.seed, device=args.device, pair=pair, observables=args.observables)
-        source = "computed (--no-store)"
-    else:
-        clock(f"checking model {args.model} (run store: {store.default_root()}) …")
-        runs.weights_sha256(args.model)
-        loader = _Loader(clock)
-        clock(f"orienting {context.id!r} …")
-        runs.orientation(args.model, context, loader=loader)  # cached; an unusable context fails here
-        clock(f"{what} on {args.device}, unless already in the run store …")
-        before = loader.calls
-        with progress.forwards(progress.Progress(args.steps + 1, "fine-tuning steps")):
-            traj = runs.trajectory(args.model, context, mode=args.mode, lr=args.lr, steps=args.steps,
-                                   seed=args.seed, observables=args.observables, device=args.device,
-                                   loader=loader)
-        source = "run store (computed now)" if loader.calls > before else "run store (cached)"
-    if source == "run store (cached)":
-        clock("done: from store")
-    else:
-        clock(f"done: fine-tuning took {traj.meta.get('wall_s', float('nan')):.1f}s")
-
+    traj, source, computed = _run_trajectory(args, context, clock)
+    clock(f"done: fine-tuning took {traj.meta.get('wall_s', float('nan')):.1f}s" if computed else "done: from store")
     analysis = transitions.analyse(traj)
-    print(format_table(traj))
-    print()
-    print(format_summary(traj, analysis))
-    print(f"{'source':<12}{source}")
-
-    out = args.out
+    print(format_run(traj, analysis, source))
     stem = output_stem(args.model, context.id, args.mode, args.lr, args.steps, args.seed)
-    json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(json_path, {**traj.to_dict(), "analysis": analysis_dict(analysis),
-                                      "source": source})
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, {**traj.to_dict(), "analysis": analysis_dict(analysis), "source": source})
         plot_trajectory(traj, png_path, analysis)
     except OSError as err:
-        raise CliError(f"cannot write the outputs to {out}: {err}") from None
+        raise CliError(f"cannot write the outputs to {args.out}: {err}") from None
     print(f"{'wrote':<12}{json_path}")
     print(f"{'':<12}{png_path}", flush=True)
     return 0
@@ -358,9 +359,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- `laws` ---------------------------------------------------------------------------
 
 def configure_laws(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=_models, default=",".join(campaign.zoo_models("offline", "standard")),
+    p.add_argument("--models", type=_models, default=",".join(plans.zoo_models("offline", "standard")),
                    help="comma-separated zoo names, hub ids or local dirs (default: %(default)s)")
-    p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
+    p.add_argument("--budget", default="standard", choices=plans.BUDGETS,
                    help="which runs each model gets, as in the claim suite (default: %(default)s)")
     p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
                    help="directory for laws.json and the PNG plots (default: ./%(default)s)")
@@ -376,8 +377,6 @@ def _estimate(e) -> str:
 
 
 def cmd_laws(args: argparse.Namespace) -> int:
-    from . import plots
-
     clock = _Clock()
     models = args.models
     for m in models:
@@ -394,18 +393,29 @@ def cmd_laws(args: argparse.Namespace) -> int:
     with bar:
         rows = campaign.laws_table(campaigns)
     clock("done")
+    print(format_laws(rows))
+    written = _write_laws(args.out, rows, campaigns)
+    print(f"{'wrote':<12}" + f"\n{'':<12}".join(map(str, written)), flush=True)
+    return 0
+
+
+def format_laws(rows) -> str:
+    """The laws table, one row per model (what ``laws`` prints)."""
     width = max([16] + [len(r.model) for r in rows])   # whole names: pythia-70m ≠ pythia-410m
     head = f"{'model':<{width}}{'G²mean':>9}{'shape':>10}{'class':>14}{'η_sat':>12}{'H_FT':>10}{'B_FT':>7}" \
            f"{'LoRA':>6}{'η_c':>10}{'η̂_c':>10}{'error':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_estimate(r.eta_sat):>12}"
+    lines = [head, "-" * len(head)]
+    lines += [f"{r.model:<{width}}{r.g2mean:>9.4f}{r.shape:>10}{r.cls:>14}{_estimate(r.eta_sat):>12}"
               f"{_estimate(r.h_ft):>10}{r.b_ft:>7.3f}{r.lora_sufficiency:>6.0%}{_fmt(r.eta_c, '.3g'):>10}"
-              f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}")
-    print("(η_sat and H_FT: a number when measured LRs bracket every middle context's η_sat, else a bound: "
-          "SPEC §5 A1)")
-    out = args.out
+              f"{_fmt(r.eta_hat, '.3g'):>10}{_fmt(r.rel_error, '.1%'):>8}" for r in rows]
+    lines.append("(η_sat and H_FT: a number when measured LRs bracket every middle context's η_sat, else a bound: "
+                 "SPEC §5 A1)")
+    return "\n".join(lines)
+
+
+def _write_laws(out: Path, rows, campaigns) -> list[Path]:
+    """laws.json and the figures (saturation curves per model, predicted vs measured η_i)."""
+    from . import plots
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "laws.json", [dataclasses.asdict(r) for r in rows])   # Estimate → {lo, hi}
@@ -418,8 +428,7 @@ def cmd_laws(args: argparse.Namespace) -> int:
             campaign.context_points(campaigns), {r.model: r.eta_c for r in rows}, out / "critical_lr.png"))
     except OSError as err:
         raise CliError(f"cannot write the outputs to {out}: {err}") from None
-    print(f"{'wrote':<12}" + f"\n{'':<12}".join(map(str, written)), flush=True)
-    return 0
+    return written
 
 
 # --- `predict` ------------------------------------------------------------------------
@@ -500,7 +509,7 @@ def configure_predict(p: argparse.ArgumentParser) -> None:
                         f"single token with its leading space; at most {PROBES_MAX} probes (required)")
     p.add_argument("--steps", type=_positive_int, default=STEPS, metavar="T",
                    help="the number of updates T the critical LR is for (default: %(default)s)")
-    p.add_argument("--k-models", default=",".join(campaign.zoo_models("offline", "standard")), metavar="MODELS",
+    p.add_argument("--k-models", default=",".join(plans.zoo_models("offline", "standard")), metavar="MODELS",
                    help="comma-separated models whose stored η_c and q give k; every one must be measured "
                         "(read from the run store, never computed) (default: the standard zoo, %(default)s)")
     p.add_argument("--out", type=_out_dir, default="out", metavar="DIR",
@@ -552,39 +561,40 @@ def _predict_rows(probes, rows, const, accuracy, steps: int) -> list[dict]:
     return results
 
 
-def _print_predictions(results, const, accuracy, steps: int) -> None:
+def format_predictions(results, const, accuracy, steps: int) -> str:
+    """The table of predictions, k with the models it rests on, the measured accuracy (``predict``)."""
     from . import predict
     width = max([8] + [len(printable(r["name"], 24)) for r in results])
     head = f"{'probe':<{width}}{'G_gc':>8}{'B_0':>8}{'Φ_0':>10}{'r':>11}{'η̂_c':>11}   measured range"
-    print(head)
-    print("-" * len(head))
+    lines = [head, "-" * len(head)]
     for r in results:
         span = (f"   {r['eta_hat_range'][0]:.2g} – {r['eta_hat_range'][1]:.2g}" if r["eta_hat_range"] else
                 "   —" if r["eta_hat"] is None else "   unmeasured")
         flag = "  UNRELIABLE" if r["reliable"] is False else ""
-        print(f"{printable(r['name'], 24):<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['phi0']:>10.4f}"
-              f"{_fmt(r['r'], '.4g'):>11}{_fmt(r['eta_hat'], '.3g'):>11}{span}{flag}")
-    print()
+        lines.append(f"{printable(r['name'], 24):<{width}}{r['g_gc']:>8.4f}{r['burial']:>8.3f}{r['phi0']:>10.4f}"
+                     f"{_fmt(r['r'], '.4g'):>11}{_fmt(r['eta_hat'], '.3g'):>11}{span}{flag}")
     used = ", ".join(f"{m} (η_c {e:.3g}, q {q:.3g})" for m, (e, q) in const.ratios.items())
-    print(f"{'k':<12}{const.k:.4g} from --k-models {','.join(const.models)}: geometric mean of η_c/q over {used}")
+    lines += ["", f"{'k':<12}{const.k:.4g} from --k-models {','.join(const.models)}: geometric mean of η_c/q "
+              f"over {used}"]
     if accuracy.factor is None:
-        print(f"{'accuracy':<12}{accuracy.source}")
+        lines.append(f"{'accuracy':<12}{accuracy.source}")
     else:
         median = math.exp(float(np.median(list(accuracy.log_errors.values()))))
         verdict = f"{'within' if accuracy.reliable else 'UNRELIABLE: beyond'} ×{predict.UNRELIABLE_FACTOR:g}"
-        print(f"{'accuracy':<12}η̂_i/η_i within ×{accuracy.factor:.3g} for {accuracy.source} (median ×{median:.3g}); "
-              f"{verdict}")
-    print(f"{'η̂_c':<12}k · (−Φ_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip by step T")
-    for r in results:
-        if r["unpredictable"]:
-            print(f"{printable(r['name'], 24):<12}unpredictable: {r['unpredictable']}")
+        lines.append(f"{'accuracy':<12}η̂_i/η_i within ×{accuracy.factor:.3g} for {accuracy.source} "
+                     f"(median ×{median:.3g}); {verdict}")
+    lines.append(f"{'η̂_c':<12}k · (−Φ_0)/(T·r), T = {steps}: the full-FT AdamW LR at which Φ would Born-flip "
+                 "by step T")
+    lines += [f"{printable(r['name'], 24):<12}unpredictable: {r['unpredictable']}"
+              for r in results if r["unpredictable"]]
+    return "\n".join(lines)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     clock = _Clock()
     check_out(Path(args.out))
     probes = read_probes(args.probes)
-    k_models = campaign.parse_models(args.k_models)
+    k_models = plans.parse_models(args.k_models)
     zoo.check_name(args.model)
     from .monitor import PhantomMonitor
     PhantomMonitor(zoo.load_tokenizer(args.model), probes)            # every word checked before k and the model
@@ -594,7 +604,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = _observe_probes(loaded, probes, clock)
     clock("done")
     results = _predict_rows(probes, rows, const, accuracy, args.steps)
-    _print_predictions(results, const, accuracy, args.steps)
+    print(format_predictions(results, const, accuracy, args.steps))
     out = Path(args.out) / f"predict_{safe_name(args.model)}.json"
     try:
         write_json_atomic(out, {"model": args.model, "weights_sha256": loaded.info.weights_sha256,
@@ -613,7 +623,7 @@ def configure_campaign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=_models, default=None,
                    help="comma-separated zoo names, hub ids or local dirs (default: the claim suite's "
                         "offline zoo under --budget)")
-    p.add_argument("--budget", default="standard", choices=campaign.BUDGETS,
+    p.add_argument("--budget", default="standard", choices=plans.BUDGETS,
                    help="which runs each model gets, as in the claim suite (default: %(default)s)")
     p.add_argument("--executor", default="local", choices=executor.EXECUTORS,
                    help="local: one run after another in this process; ray: Ray tasks on a cluster "
@@ -660,13 +670,13 @@ class ProgressDisplay:
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     clock = _Clock()
-    models = args.models or campaign.select_models(None, "offline", args.budget)
+    models = args.models or plans.select_models(None, "offline", args.budget)
     for m in models:
         zoo.check_name(m)
     if args.address is not None and args.executor != "ray":
         raise CliError(f"--address {args.address} needs --executor ray")
     if args.dry_run:
-        print(campaign.format_dry_run(campaign.dry_run(models, args.budget), args.budget, args.workers),
+        print(dryrun.format_dry_run(dryrun.dry_run(models, args.budget), args.budget, args.workers),
               flush=True)
         return 0
     if args.executor == "local":
