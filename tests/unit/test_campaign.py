@@ -126,9 +126,9 @@ def test_standard_plan_follows_the_cost_not_the_name(monkeypatch):
     named_smol = dataclasses.replace(QWEN, name="smollm2-135m")
     assert plan_for("standard", named_smol) == plan_for("standard", QWEN)
     cost = plans.full_ft_seconds(SMOL)
-    monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost)          # at the ceiling: still the sweep
+    monkeypatch.setattr(plans, "STANDARD_FULL_FT_S", cost)          # at the ceiling: still the sweep
     assert plan_for("standard", SMOL).sweep == SPEC_SWEEP
-    monkeypatch.setattr(campaign, "STANDARD_FULL_FT_S", cost * (1 - 1e-9))
+    monkeypatch.setattr(plans, "STANDARD_FULL_FT_S", cost * (1 - 1e-9))
     assert plan_for("standard", SMOL).sweep == (ETA_REF,)
 
 
