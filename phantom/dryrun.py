@@ -21,22 +21,23 @@ from .store import RunStore
 class Costs:
     """Measured costs of one run on this project's machines, per parameter of the model.
 
-    Fitted on the 287 trajectories of the standard cold session's run store (2 cores, xdist
-    ``-n 2``, one torch thread each, under the contention of that session), by least squares
-    of a run's recorded ``wall_s`` on ``n_params · (1, updates)`` per mode: SmolLM2-135M full FT
-    0.86 s per update, Gemma-3-270M 1.71 s; LoRA 0.43 s and 0.86 s. ``wall_s`` holds the step-0
-    observables (the fit's intercept, ``t0_s_per_param``) but not the model copy and step-0
-    geometry before it (``copy_s_per_param``; ``test_bench_run_setup`` of
-    ``tests/benchmarks/test_bench_dynamics.py`` times copy + step-0 observables at 1.2 s on
-    SmolLM2, 2.7 steps, and 5.6 s on Gemma-3, 8.1 steps). ``kept`` is the mean fraction of the ``T`` updates a run makes
-    before its early stop (``stop="saturated"``): 0.76 under full FT (34% of the runs stopped
-    early), 0.65 under LoRA (52%).
+    Fitted on the 346 trajectories of the cold standard session of 2026-12-06 (39.7 min; 2
+    cores, xdist ``-n 2``, one torch thread each, under each other's contention; the step-0
+    state shared per context, :class:`phantom.dynamics.StepZero`), by least squares of a
+    run's recorded ``wall_s`` on ``n_params · (1, updates)`` per mode: per update SmolLM2-135M
+    0.43 s and Gemma-3-270M 0.66 s under full FT, 0.21 s and 0.36 s under LoRA. ``wall_s``
+    holds the step-0 observables (the fit's intercept, ``t0_s_per_param``; about 4.5 s on
+    Gemma-3 for the first run of a context, little for the others) but not the model copy
+    before it (``copy_s_per_param``, from ``test_bench_run_setup`` of
+    ``tests/benchmarks/test_bench_dynamics.py``). ``kept`` is the mean fraction of the ``T``
+    updates a run makes before its early stop (``stop="saturated"``): 0.80 under full FT
+    (29% of the runs stopped early), 0.65 under LoRA (52%).
     """
 
-    step_s_per_param: dict = field(default_factory=lambda: {"full": 6.4e-9, "lora": 3.2e-9})
-    t0_s_per_param: dict = field(default_factory=lambda: {"full": 3.6e-8, "lora": 4.5e-9})
+    step_s_per_param: dict = field(default_factory=lambda: {"full": 2.6e-9, "lora": 1.4e-9})
+    t0_s_per_param: dict = field(default_factory=lambda: {"full": 1.6e-8, "lora": 2.0e-9})
     copy_s_per_param: float = 7e-9
-    kept: dict = field(default_factory=lambda: {"full": 0.76, "lora": 0.65})
+    kept: dict = field(default_factory=lambda: {"full": 0.80, "lora": 0.65})
 
     def run_s(self, info: zoo.ModelInfo, mode: str, updates: float) -> float:
         """Seconds of one run of ``updates`` updates on one worker (set-up included)."""
