@@ -165,8 +165,8 @@ def operating_runs(campaign) -> list[Trajectory]:
 
 def lora_sufficiency(campaign) -> float:
     """Fraction of usable contexts with a Born flip by T under LoRA at 1e-3 (SPEC §5)."""
-    runs = campaign.lora_reference()
-    return sum(map(search.born_flipped, runs)) / len(runs)
+    reference = campaign.lora_reference()       # not `runs`: that is the run-layer module here
+    return sum(map(search.born_flipped, reference)) / len(reference)
 
 
 def burial_ft(campaign) -> float:

@@ -43,10 +43,9 @@ class Plan:
 
 
 BUDGETS = ("quick", "standard", "full")
-_OFFLINE = ("smollm2-135m", "gemma3-270m")                 # SPEC §7: the offline zoo's default models
 _PAPER = ("distilgpt2", "gpt2-medium", "HuggingFaceTB/SmolLM-360M", "EleutherAI/pythia-70m", "EleutherAI/pythia-410m")
 ZOOS: dict[str, dict[str, tuple[str, ...]]] = {            # zoo → budget → the models a claims session covers
-    "offline": {"quick": _OFFLINE[:1], "standard": _OFFLINE, "full": (*_OFFLINE, "qwen2.5-0.5b")},
+    "offline": {b: tuple(name for name, m in zoo.OFFLINE.items() if b in m.budgets) for b in BUDGETS},   # SPEC §7
     "paper": dict.fromkeys(BUDGETS, _PAPER),
 }
 

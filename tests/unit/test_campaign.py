@@ -38,9 +38,11 @@ def test_zoo_models_grow_with_the_budget(zoo_name):
     assert all(len(set(m)) == len(m) for m in (quick, standard, full))
 
 
-def test_offline_zoo_models_are_offline_models():
-    assert set(zoo_models("offline", "full")) <= set(zoo.OFFLINE)
-    assert set(zoo.OFFLINE) <= {m for b in plans.BUDGETS for m in zoo_models("offline", b)}   # each in a budget
+def test_the_offline_zoo_is_read_from_the_zoo_entries():
+    assert all(set(m.budgets) <= set(plans.BUDGETS) for m in zoo.OFFLINE.values())
+    for b in plans.BUDGETS:
+        assert zoo_models("offline", b) == tuple(n for n, m in zoo.OFFLINE.items() if b in m.budgets)
+    assert set(zoo.OFFLINE) == {m for b in plans.BUDGETS for m in zoo_models("offline", b)}   # each in a budget
 
 
 @pytest.mark.parametrize("zoo_name, budget", [("offline-full", "standard"), ("custom", "quick"), ("", "full"),
