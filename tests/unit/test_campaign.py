@@ -451,14 +451,16 @@ def test_format_dry_run_prints_a_block_per_model_and_a_total():
 def test_cli_campaign_dry_run_prints_the_plan_and_computes_nothing(monkeypatch, tmp_path, capsys):
     from phantom import cli, executor
     monkeypatch.setenv("PHANTOM_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(runs, "model_info", {"smollm2-135m": SMOL, "gemma3-270m": GEMMA}.__getitem__)
+    infos = {"smollm2-135m": SMOL, "gemma3-270m": GEMMA}
+    monkeypatch.setattr(runs, "model_info", lambda name: infos.get(name, dataclasses.replace(SMOL, name=name)))
     monkeypatch.setattr(runs, "SLOT", _no_load)
     monkeypatch.setattr(zoo, "load", _no_load)
     monkeypatch.setattr(executor, "compute", lambda *a, **k: pytest.fail("a dry run computed"))
     code = cli.main(["campaign", "--budget", "standard", "--dry-run", "--workers", "2"])
     out, err = capsys.readouterr()
     assert code == 0 and "error" not in err
-    blocks = [line for line in out.splitlines() if line.startswith(("smollm2-135m (", "gemma3-270m ("))]
-    assert len(blocks) == 2 and out.splitlines()[-1].startswith("total: ")
+    standard = zoo_models("offline", "standard")
+    blocks = [line for line in out.splitlines() if line.startswith(tuple(f"{m} (" for m in standard))]
+    assert len(blocks) == len(standard) and out.splitlines()[-1].startswith("total: ")
     assert "full-FT grid" in out and "LoRA grid" in out and "A4 η_H runs" in out
     assert not (tmp_path / "runs").exists()

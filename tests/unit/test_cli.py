@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tiny_models
 
-from phantom import cli, contexts
+from phantom import cli, contexts, plans
 
 RUN_OPTIONS = ("--model", "--context", "--mode", "--lr", "--steps", "--seed", "--out", "--no-store", "--observables",
                "--device")
@@ -269,7 +269,8 @@ def test_laws_help_documents_every_option(capsys):
         assert option in out, option
     for budget in ("quick", "standard", "full"):
         assert budget in out, budget
-    for default in ("(default: standard)", "(default: ./out)", "(default: smollm2-135m,gemma3-270m)"):
+    standard = ",".join(plans.zoo_models("offline", "standard"))
+    for default in ("(default: standard)", "(default: ./out)", f"(default: {standard})"):
         assert default in out, default
     assert "laws.json" in out and "example:" in out and "python -m phantom laws" in out
 
