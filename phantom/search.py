@@ -177,7 +177,8 @@ def _next_probes(state: ContextCritical, rtol: float, phi0: float, last: float |
         probes = [math.exp(math.log(u) - half), math.exp(math.log(u) + half)]
     else:
         probes = [u]
-    inside = [x for x in probes if max(lo, floor) * (1 + 1e-9) < x < hi / (1 + 1e-9)]
+    above = (lambda x: x > lo * (1 + 1e-9)) if lo > 0 else (lambda x: x >= floor)   # the floor itself is probed
+    inside = [x for x in probes if above(x) and x < hi / (1 + 1e-9)]
     if inside or lo == 0.0:
         return inside, u
     return [math.sqrt(lo * hi)], u
