@@ -133,8 +133,8 @@ def test_median_estimate_of_nothing():
 def test_fit_saturation_recovers_exact_data(r_inf, eta_sat):
     fit = fit_saturation(GRID, sat(GRID, r_inf, eta_sat))
     assert isinstance(fit, SaturationFit)
-    assert fit.r_inf == pytest.approx(r_inf, rel=1e-6)
-    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-6)
+    assert fit.r_inf == pytest.approx(r_inf, rel=1e-6, abs=0)
+    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-6, abs=0)
     assert fit.rel_residual < 1e-9
     assert fit.residual == pytest.approx(fit.rel_residual * abs(r_inf), rel=1e-9, abs=1e-15)
     assert fit.n == len(GRID)
@@ -145,8 +145,8 @@ def test_fit_saturation_recovers_exact_data(r_inf, eta_sat):
 def test_fit_saturation_property(r_inf, log_sat):
     eta_sat = math.exp(log_sat)
     fit = fit_saturation(GRID, sat(GRID, r_inf, eta_sat))
-    assert fit.r_inf == pytest.approx(r_inf, rel=1e-6)
-    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-6)
+    assert fit.r_inf == pytest.approx(r_inf, rel=1e-6, abs=0)
+    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-6, abs=0)
     assert fit.rel_residual < 1e-7
 
 
@@ -156,10 +156,10 @@ def test_fit_saturation_unordered_input_and_small_noise():
     clean = np.array(sat(etas, 1.0, 3e-6))
     noisy = clean + rng.normal(0.0, 0.005, clean.size)
     fit = fit_saturation(list(etas), list(noisy))
-    assert fit.r_inf == pytest.approx(1.0, rel=0.03)
-    assert fit.eta_sat == pytest.approx(3e-6, rel=0.1)
+    assert fit.r_inf == pytest.approx(1.0, rel=0.03, abs=0)
+    assert fit.eta_sat == pytest.approx(3e-6, rel=0.1, abs=0)
     assert 0.0 < fit.residual < 0.01
-    assert fit.rel_residual == pytest.approx(fit.residual / abs(fit.r_inf), rel=1e-12)
+    assert fit.rel_residual == pytest.approx(fit.residual / abs(fit.r_inf), rel=1e-12, abs=0)
 
 
 def test_fit_saturation_is_the_least_squares_optimum():
@@ -180,7 +180,7 @@ def test_fit_saturation_linear_response_reaches_the_upper_search_bound():
     fit = fit_saturation(GRID, [3e4 * e for e in GRID])  # no saturation
     lo, hi = saturation_search_bounds(GRID)
     assert SAT_SPAN == 100.0 and (lo, hi) == pytest.approx((2e-9, 5e-3))
-    assert fit.eta_sat == pytest.approx(hi, rel=1e-3)
+    assert fit.eta_sat == pytest.approx(hi, rel=1e-3, abs=0)
     assert support(GRID, fit.eta_sat) == (8, 0)
     assert np.isfinite(fit.r_inf) and fit.residual < 1e-3
 
@@ -209,7 +209,7 @@ def test_fit_saturation_validation():
 
 def fit_of(etas, eta_sat, r_inf=1.0):
     fit = fit_saturation(etas, sat(etas, r_inf, eta_sat))
-    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-5)
+    assert fit.eta_sat == pytest.approx(eta_sat, rel=1e-5, abs=0)
     return fit
 
 
@@ -229,7 +229,7 @@ def test_exactly_two_on_each_side_is_bracketed():
     etas = (1e-6, 2e-6, 1e-5, 2e-5)
     fit = fit_of(etas, 5e-6)
     assert support(etas, fit.eta_sat) == (2, 2)
-    assert saturation_estimate(etas, fit).value == pytest.approx(5e-6, rel=1e-5)
+    assert saturation_estimate(etas, fit).value == pytest.approx(5e-6, rel=1e-5, abs=0)
     assert next_saturation_lr(etas, fit) is None
 
 
@@ -252,7 +252,7 @@ def test_one_lr_below_the_fit_is_still_a_bound():
     assert next_saturation_lr(etas, fit) == 5e-8
     etas = etas + (5e-8,)                                            # now bracketed: 5e-8, 1e-7 below it
     fit = fit_of(etas, 1.5e-7)
-    assert saturation_estimate(etas, fit).value == pytest.approx(1.5e-7, rel=1e-5)
+    assert saturation_estimate(etas, fit).value == pytest.approx(1.5e-7, rel=1e-5, abs=0)
     assert next_saturation_lr(etas, fit) is None
 
 
@@ -273,7 +273,7 @@ def test_knee_above_the_grid_gives_a_lower_bound_and_extends_upwards():
     assert next_saturation_lr(GRID, fit, tried=(1e-4,)) == 2e-4
     etas = GRID + (1e-4,)
     fit = fit_of(etas, 3e-5)
-    assert saturation_estimate(etas, fit).value == pytest.approx(3e-5, rel=1e-5)
+    assert saturation_estimate(etas, fit).value == pytest.approx(3e-5, rel=1e-5, abs=0)
     assert next_saturation_lr(etas, fit) is None
 
 
@@ -299,17 +299,17 @@ def test_extension_goes_below_before_above():
 
 def test_reduced_field_of_a_number():
     assert ETA_REF == 2e-5
-    assert reduced_field(Estimate.number(2e-6)).value == pytest.approx(10.0, rel=1e-12)
-    assert reduced_field(Estimate.number(2e-6), eta_ref=1e-5).value == pytest.approx(5.0, rel=1e-12)
+    assert reduced_field(Estimate.number(2e-6)).value == pytest.approx(10.0, rel=1e-12, abs=0)
+    assert reduced_field(Estimate.number(2e-6), eta_ref=1e-5).value == pytest.approx(5.0, rel=1e-12, abs=0)
 
 
 def test_reduced_field_inverts_bounds():
     h = reduced_field(Estimate(0.0, 2e-7))          # η_sat < 2e-7  ⇒  H > 100
-    assert h.lo == pytest.approx(100.0, rel=1e-12) and h.hi == INF and h.text("H") == "H > 100"
+    assert h.lo == pytest.approx(100.0, rel=1e-12, abs=0) and h.hi == INF and h.text("H") == "H > 100"
     h = reduced_field(Estimate(5e-5, INF))          # η_sat > 5e-5  ⇒  H < 0.4
-    assert h.lo == 0.0 and h.hi == pytest.approx(0.4, rel=1e-12)
+    assert h.lo == 0.0 and h.hi == pytest.approx(0.4, rel=1e-12, abs=0)
     h = reduced_field(Estimate(1e-6, 4e-6))
-    assert (h.lo, h.hi) == pytest.approx((5.0, 20.0), rel=1e-12)
+    assert (h.lo, h.hi) == pytest.approx((5.0, 20.0), rel=1e-12, abs=0)
 
 
 def test_reduced_field_validation():
@@ -322,7 +322,7 @@ def test_reduced_field_validation():
 
 def test_cv():
     v = [1.0, 2.0, 3.0, 4.0]
-    assert cv(v) == pytest.approx(np.std(v, ddof=1) / 2.5, rel=1e-12)
+    assert cv(v) == pytest.approx(np.std(v, ddof=1) / 2.5, rel=1e-12, abs=0)
     assert cv([5.0, 5.0]) == 0.0
     assert math.isnan(cv([0.0, 0.0]))
     with pytest.raises(ValueError):
@@ -349,7 +349,7 @@ def box_oracle(estimates, points=81):
 def test_cv_range_against_a_brute_force_box(estimates, regime):
     lo, hi = cv_range(estimates)
     grid_lo, grid_hi = box_oracle(estimates)
-    assert hi == pytest.approx(grid_hi, rel=1e-9)               # the max is at a vertex: on the grid
+    assert hi == pytest.approx(grid_hi, rel=1e-9, abs=0)               # the max is at a vertex: on the grid
     assert lo <= grid_lo + 1e-12                                # the minimiser does at least as well …
     assert lo == pytest.approx(grid_lo, abs=2e-3)               # … as a grid this fine allows
     assert {"all-below": hi <= 0.10, "all-above": lo > 0.10, "straddling": lo <= 0.10 < hi}[regime]
@@ -357,7 +357,7 @@ def test_cv_range_against_a_brute_force_box(estimates, regime):
 
 def test_cv_range_of_numbers_is_the_cv():
     ests = [Estimate.number(v) for v in (8.0, 10.0, 13.0)]
-    assert cv_range(ests) == (pytest.approx(cv([8.0, 10.0, 13.0]), rel=1e-12),) * 2
+    assert cv_range(ests) == (pytest.approx(cv([8.0, 10.0, 13.0]), rel=1e-12, abs=0),) * 2
 
 
 def test_cv_range_common_value_has_zero_minimum():
@@ -369,7 +369,7 @@ def test_cv_range_unbounded_side_tends_to_its_limit(n):
     """One value unbounded above among numbers: CV → √n (its std/mean as it dominates)."""
     ests = [Estimate.number(float(i + 1)) for i in range(n - 1)] + [Estimate(2.0, INF)]
     lo, hi = cv_range(ests)
-    assert hi == pytest.approx(math.sqrt(n), rel=1e-6)
+    assert hi == pytest.approx(math.sqrt(n), rel=1e-6, abs=0)
     numbers = [float(i + 1) for i in range(n - 1)]
     grid = np.linspace(2.0, 40.0, 1001)      # the minimum lies near the numbers
     oracle = min(cv(numbers + [x]) for x in grid)
@@ -381,7 +381,7 @@ def test_cv_range_upper_bounds_only_reach_sqrt_n_max():
     ests = [Estimate(0.0, 1.0), Estimate(0.0, 2.0), Estimate.number(1.0)]
     lo, hi = cv_range(ests)
     assert lo == 0.0
-    assert hi == pytest.approx(box_oracle(ests)[1], rel=1e-9)
+    assert hi == pytest.approx(box_oracle(ests)[1], rel=1e-9, abs=0)
 
 
 def test_cv_range_every_estimate_an_upper_bound():
@@ -389,7 +389,7 @@ def test_cv_range_every_estimate_an_upper_bound():
     ests = [Estimate(0.0, 1.0), Estimate(0.0, 2.0)]
     lo, hi = cv_range(ests)
     assert lo == 0.0
-    assert hi == pytest.approx(math.sqrt(2.0), rel=1e-9)          # at (0, 2): std √2, mean 1
+    assert hi == pytest.approx(math.sqrt(2.0), rel=1e-9, abs=0)          # at (0, 2): std √2, mean 1
 
 
 def test_cv_range_needs_two():
@@ -478,9 +478,9 @@ def test_permutation_p_with_three_models_is_never_below_a_third(order, x):
 def test_permutation_p_is_exact_for_small_n(x, y):
     assert len(x) <= PERMUTATION_EXACT_MAX
     two_min, abs_rule = brute_force_p(x, y)
-    assert permutation_p(x, y) == pytest.approx(two_min, rel=1e-12)
+    assert permutation_p(x, y) == pytest.approx(two_min, rel=1e-12, abs=0)
     if len(set(x)) == len(x) and len(set(y)) == len(y):
-        assert two_min == pytest.approx(abs_rule, rel=1e-12)
+        assert two_min == pytest.approx(abs_rule, rel=1e-12, abs=0)
 
 
 def test_permutation_p_is_seeded_and_close_to_exact_above_eight():
@@ -675,7 +675,7 @@ def test_blind_q_median_and_exclusion():
     res = blind_q(phi0, r, steps=10)
     assert isinstance(res, BlindQ)
     assert res.per_context == {"a": 2.0 / 10, "b": 3.0 / 5, "c": 1.0 / 20}
-    assert res.q == pytest.approx(0.2, rel=1e-12)                   # median of 0.2, 0.6, 0.05
+    assert res.q == pytest.approx(0.2, rel=1e-12, abs=0)                   # median of 0.2, 0.6, 0.05
     assert res.used == ("a", "b", "c") and res.excluded == ("d", "e")
 
 
@@ -712,8 +712,8 @@ def test_leave_one_out_exact_law():
     assert [p.model for p in preds] == ["m1", "m2", "m3"]
     for p in preds:
         assert isinstance(p, Prediction)
-        assert p.k == pytest.approx(k_true, rel=1e-12)
-        assert p.eta_hat == pytest.approx(p.eta_c, rel=1e-12)
+        assert p.k == pytest.approx(k_true, rel=1e-12, abs=0)
+        assert p.eta_hat == pytest.approx(p.eta_c, rel=1e-12, abs=0)
         assert p.rel_error < 1e-12
     assert sorted(calls) == ["m1", "m2", "m3"]      # at most once each, never m4
 
@@ -799,7 +799,7 @@ def test_per_context_check_against_numpy():
     assert res.log_ratio == pytest.approx(expected, abs=1e-12)
     a = np.abs([0.0, math.log(2.0), math.log(0.25)])
     assert res.median == pytest.approx(float(np.median(a)), rel=1e-12)
-    assert res.median == pytest.approx(math.log(2.0), rel=1e-12)
+    assert res.median == pytest.approx(math.log(2.0), rel=1e-12, abs=0)
     assert res.p90 == pytest.approx(float(np.percentile(a, 90)), rel=1e-12)
     assert res.p90 == pytest.approx(math.log(2.0) + 0.8 * (math.log(4.0) - math.log(2.0)), rel=1e-12)
 

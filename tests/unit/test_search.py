@@ -116,9 +116,9 @@ def test_bracketed_saturation_needs_no_extension():
     camp = Fake(Saturating(3e-6))
     s = search.saturation(camp, "c0")
     assert s.added == () and s.etas == GRID
-    assert s.responses == pytest.approx([-math.expm1(-e / 3e-6) for e in GRID], rel=1e-12)
-    assert s.fit.eta_sat == pytest.approx(3e-6, rel=1e-6) and s.fit.r_inf == pytest.approx(1.0, rel=1e-6)
-    assert s.estimate.value == pytest.approx(3e-6, rel=1e-6)
+    assert s.responses == pytest.approx([-math.expm1(-e / 3e-6) for e in GRID], rel=1e-12, abs=0)
+    assert s.fit.eta_sat == pytest.approx(3e-6, rel=1e-6, abs=0) and s.fit.r_inf == pytest.approx(1.0, rel=1e-6, abs=0)
+    assert s.estimate.value == pytest.approx(3e-6, rel=1e-6, abs=0)
     assert set(camp.calls) == {("full", lr, "c0") for lr in GRID}
 
 
@@ -130,9 +130,9 @@ def test_bracketed_saturation_needs_no_extension():
 def test_saturation_extends_until_bracketed(eta_sat, added):
     camp = Fake(Saturating(eta_sat))
     s = search.saturation(camp, "c0")
-    assert s.added == pytest.approx(added, rel=1e-12)
+    assert s.added == pytest.approx(added, rel=1e-12, abs=0)
     assert s.etas == tuple(sorted(GRID + s.added))
-    assert s.estimate.value == pytest.approx(eta_sat, rel=1e-6)
+    assert s.estimate.value == pytest.approx(eta_sat, rel=1e-6, abs=0)
     assert laws.support(s.etas, eta_sat) >= (2, 2)
     assert {lr for _, lr, _ in camp.calls} == set(GRID) | set(s.added)     # nothing else is run
 
@@ -142,7 +142,7 @@ def test_saturation_below_a_spent_extension_is_a_bound():
     s = search.saturation(camp, "c0")
     assert s.added == SAT_BELOW                                    # two decades below, in 1–2–5 steps
     assert s.estimate == laws.Estimate(0.0, min(SAT_BELOW))       # η_sat < 2e-9
-    assert s.fit.eta_sat == pytest.approx(1e-9, rel=1e-5)
+    assert s.fit.eta_sat == pytest.approx(1e-9, rel=1e-5, abs=0)
 
 
 def test_saturation_above_a_spent_extension_is_a_bound():
@@ -157,7 +157,7 @@ def test_saturation_skips_a_diverged_extension_lr():
     s = search.saturation(camp, "c0")
     assert s.added == (1e-7, 5e-8, 2e-8)                           # 1e-7 was tried …
     assert 1e-7 not in s.etas and s.etas == (2e-8, 5e-8) + GRID   # … and left out of the fit
-    assert s.estimate.value == pytest.approx(6e-8, rel=1e-6)
+    assert s.estimate.value == pytest.approx(6e-8, rel=1e-6, abs=0)
 
 
 def test_saturation_with_fewer_than_three_completed_runs():
@@ -238,7 +238,7 @@ def test_zero_estimate_is_the_root_of_the_cubic_through_phi_0_and_every_run():
     camp = Fake(Crossing({"c0": 7.3e-6}, "saturating"))
     s = search.context_critical(camp, "c0")
     u = search.zero_estimate(s, PHI0)
-    assert s.bracket[0] < u < s.bracket[1] and u == pytest.approx(7.3e-6, rel=CONTEXT_RTOL)
+    assert s.bracket[0] < u < s.bracket[1] and u == pytest.approx(7.3e-6, rel=CONTEXT_RTOL, abs=0)
     s.seen[s.hi] = (True, None)                                     # an end without Φ_T: no estimate
     assert search.zero_estimate(s, PHI0) is None
 
@@ -250,7 +250,8 @@ def test_a_stalled_search_bisects(monkeypatch):
     s = search.context_critical(camp, "c0")
     lo, hi = s.bracket
     assert lo < 7.3e-6 < hi and s.width() <= CONTEXT_RTOL
-    bisections = [x for x, (a, b) in zip(s.probes, _brackets(s)) if x == pytest.approx(math.sqrt(a * b), rel=1e-12)]
+    bisections = [x for x, (a, b) in zip(s.probes, _brackets(s))
+                  if x == pytest.approx(math.sqrt(a * b), rel=1e-12, abs=0)]
     assert bisections and len(s.probes) < 40
 
 
@@ -294,7 +295,7 @@ def test_a_context_that_never_flips_gives_a_lower_bound():
     camp = Fake(Saturating(3e-6, r_inf=1.5))                       # Φ_T ≤ −0.5 at every LR
     s = search.context_critical(camp, "c0")
     assert search.EXTEND_DECADES == 3
-    assert s.probes == pytest.approx([5e-4, 5e-3, 5e-2], rel=1e-12)   # three decades above the grid
+    assert s.probes == pytest.approx([5e-4, 5e-3, 5e-2], rel=1e-12, abs=0)   # three decades above the grid
     assert s.bracket == (s.probes[-1], math.inf) and s.estimate() == laws.Estimate(s.probes[-1], math.inf)
     assert s.width() == math.inf
 
@@ -302,8 +303,18 @@ def test_a_context_that_never_flips_gives_a_lower_bound():
 def test_a_context_that_flips_everywhere_gives_an_upper_bound():
     camp = Fake(Saturating(3e-6, transient_flip={"c0"}))            # bracketed response, a flip at every LR
     s = search.context_critical(camp, "c0")
-    assert s.probes == pytest.approx([2e-8, 2e-9, 2e-10], rel=1e-12)  # three decades below the grid
+    assert s.probes == pytest.approx([2e-8, 2e-9, 2e-10], rel=1e-12, abs=0)  # three decades below the grid
     assert s.bracket == (0.0, s.probes[-1]) and s.estimate() == laws.Estimate(0.0, s.probes[-1])
+
+
+def test_an_estimate_below_the_extension_probes_its_floor_then_gives_a_bound():
+    """Φ_T > 0 at every LR down to far below the grid: the search ends with a flip at the floor
+    (three decades below the lowest LR it started from), not at the last estimate above it."""
+    camp = Fake(Crossing({"c0": 1e-13}, "saturating"))
+    s = search.context_critical(camp, "c0")
+    floor = min(lr for lr in s.seen if lr not in s.probes) / 10 ** search.EXTEND_DECADES
+    assert s.bracket[0] == 0.0 and s.bracket[1] == pytest.approx(floor, rel=1e-8, abs=0)
+    assert s.estimate() == laws.Estimate(0.0, s.bracket[1])
 
 
 def test_the_search_starts_from_the_extended_saturation_grid():
