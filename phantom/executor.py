@@ -70,7 +70,7 @@ class Task:
     """One cached computation of :mod:`phantom.runs` (one or more run-store entries)."""
 
     model: str
-    kind: str          # the run-store kind it computes (:data:`EXECUTE`): every context's "orientation",
+    kind: str          # the run-store kind it computes (:data:`KINDS`): every context's "orientation",
                        # "bulk", one context's "blind_r" or one "trajectory"
     args: dict         # the kind's arguments (context, mode, lr, steps, stop, device)
     resources: dict    # the Ray resource request: num_cpus, memory, num_gpus, resources
@@ -179,7 +179,7 @@ def peak_rss(n_params: int, work: str) -> int:
 
 def resources(info: zoo.ModelInfo, kind: str, mode: str | None = None, device: str = "cpu") -> dict:
     """The Ray resource request of a task of ``kind`` (and ``mode``) on the model ``info``."""
-    work = WORK.get(kind, mode)
+    work = _kind(kind).work or mode
     request = {"num_cpus": 1, "memory": peak_rss(info.n_params, work)}
     if kind == "trajectory" and runs.device_type(device) != "cpu":
         request["num_gpus"] = GPU_SHARE[mode]
@@ -230,23 +230,33 @@ def _trajectory(model: str, a: dict, store: RunStore, loader: Callable, solo_loc
                     device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
 
 
-# task kind (a run-store entry kind of phantom.runs.ROOTS) → what computes it, and its work (PEAK_RSS)
-EXECUTE: dict[str, Callable] = {
-    "orientation": _orientations,
-    "bulk": _bulk,
-    "blind_r": _blind_r,
-    "trajectory": _trajectory,
+@dataclass(frozen=True)
+class Kind:
+    """What computes a task kind, and its work for the memory estimate (:data:`PEAK_RSS`)."""
+
+    compute: Callable       # (model, args, store, loader, solo_lock) -> None
+    work: str | None        # None: a trajectory's work is its mode
+
+
+# task kind (a run-store entry kind of phantom.runs.ROOTS) → what computes it
+KINDS: dict[str, Kind] = {
+    "orientation": Kind(_orientations, "forward"),
+    "bulk": Kind(_bulk, "forward"),
+    "blind_r": Kind(_blind_r, "blind"),
+    "trajectory": Kind(_trajectory, None),
 }
-WORK = {"orientation": "forward", "bulk": "forward", "blind_r": "blind"}   # a trajectory's work is its mode
+
+
+def _kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown task kind {name!r}; known: {', '.join(KINDS)}") from None
 
 
 def execute(task: Task, store: RunStore, loader: Callable = runs.SLOT, solo_lock: bool = True) -> None:
     """Compute ``task``'s entries into ``store`` (nothing when they are there already)."""
-    try:
-        compute = EXECUTE[task.kind]
-    except KeyError:
-        raise ValueError(f"unknown task kind {task.kind!r}; known: {', '.join(EXECUTE)}") from None
-    compute(task.model, task.args, store, loader, solo_lock)
+    _kind(task.kind).compute(task.model, task.args, store, loader, solo_lock)
 
 
 # --- executors -----------------------------------------------------------------------------

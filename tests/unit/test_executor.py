@@ -96,9 +96,11 @@ def test_resources_scale_with_parameters_and_ask_for_gpus_and_the_solo_unit():
 
 
 def test_every_task_kind_is_a_run_store_kind_with_a_known_work():
-    assert set(executor.EXECUTE) <= set(runs.ROOTS)
-    assert set(executor.WORK) | {"trajectory"} == set(executor.EXECUTE)
-    assert set(executor.WORK.values()) <= set(executor.PEAK_RSS)
+    assert set(executor.KINDS) <= set(runs.ROOTS)
+    assert {k.work for k in executor.KINDS.values()} - {None} <= set(executor.PEAK_RSS)
+    assert [name for name, k in executor.KINDS.items() if k.work is None] == ["trajectory"]   # its mode
+    with pytest.raises(ValueError, match="unknown task kind 'orientations'; known: orientation, bulk"):
+        executor.resources(_info(executor.SMOLLM2_PARAMS), "orientations")
     with pytest.raises(ValueError, match="unknown task kind 'orientations'; known: orientation, bulk"):
         executor.execute(executor.Task("m", "orientations", {}, {}), store=None)
 
