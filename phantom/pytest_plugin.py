@@ -89,6 +89,19 @@ def _path(config: pytest.Config, option: str, default: Path) -> Path:
     return Path(config.invocation_params.dir) / given if given else Path(config.rootpath) / default
 
 
+def figures_dir(root: Path, md: Path, complete: bool) -> Path:
+    """Where a table's figures go, so that no table's figures overwrite another's.
+
+    The repository's ``CLAIMS.md``: ``docs/figures``; any other complete table, e.g.
+    ``docs/claims-full.md``: ``docs/figures/claims-full``; a partial table: its own
+    ``docs/figures`` beside it.
+    """
+    if not complete:
+        return md.parent / "docs" / "figures"
+    figures = root / "docs" / "figures"
+    return figures if md.resolve() == (root / "CLAIMS.md").resolve() else figures / md.stem
+
+
 def read_expected(path: Path, budget: str) -> dict[tuple[str, str], dict]:
     """(claim, model) → entry of an expected.toml that applies under ``budget``.
 
@@ -272,9 +285,7 @@ class ClaimsSession:
         else:
             partial = default_root().parent / "claims-partial"
             md, js = partial / "CLAIMS.md", partial / "verdicts.json"
-        # the repository's docs/figures (the partial table's own), linked relative to the table
-        figures_dir = (self.config.rootpath if complete else md.parent) / "docs" / "figures"
-        session = self.session_facts(figures_dir, md.parent)
+        session = self.session_facts(figures_dir(Path(self.config.rootpath), md, complete), md.parent)
         report.publish(self.verdicts, session, verdicts_path=js, claims_md=md,
                        log_dir=default_root().parent if complete else None)
         if complete:

@@ -14,7 +14,7 @@ import tiny_models
 
 from phantom import claims as registry
 from phantom import report
-from phantom.pytest_plugin import read_expected
+from phantom.pytest_plugin import figures_dir, read_expected
 
 pytest_plugins = ["pytester"]
 
@@ -71,6 +71,14 @@ def test_outcomes_follow_verdicts_and_a_complete_session_writes_both_files(inner
     md = paths["md"].read_text()
     assert "❌ not reproduced" in md and "⏭ not testable" in md and "fake reproduced" in md
     assert not paths["partial"].exists()
+
+
+def test_each_table_has_its_own_figures(tmp_path):
+    figures = tmp_path / "docs" / "figures"
+    assert figures_dir(tmp_path, tmp_path / "CLAIMS.md", complete=True) == figures
+    assert figures_dir(tmp_path, tmp_path / "docs" / "claims-full.md", complete=True) == figures / "claims-full"
+    partial = tmp_path / "cache" / "claims-partial"
+    assert figures_dir(tmp_path, partial / "CLAIMS.md", complete=False) == partial / "docs" / "figures"
 
 
 def test_flipped_expectation_fails(inner, tiny):
