@@ -72,7 +72,7 @@ class Task:
     model: str
     kind: str          # the run-store kind it computes (:data:`KINDS`): every context's "orientation",
                        # "bulk", one context's "blind_r" or one "trajectory"
-    args: dict         # the kind's arguments (context, mode, lr, steps, stop, device)
+    args: dict         # the kind's arguments (context, mode, lr, steps, stop, device, batch)
     resources: dict    # the Ray resource request: num_cpus, memory, num_gpus, resources
 
     def __str__(self) -> str:
@@ -202,7 +202,7 @@ def orientations_task(c: cmp.Campaign) -> Task:
 def run_task(c: cmp.Campaign, mode: str, lr: float, context: str, stop: str | None = None) -> Task:
     """The task of one fine-tuning run of a campaign (its plan's steps and stop policy)."""
     return _task(c, "trajectory", context=context, mode=mode, lr=lr, steps=c.plan.steps,
-                 stop=c.plan.stop if stop is None else stop, device=c.device)
+                 stop=c.plan.stop if stop is None else stop, device=c.device, batch=c.plan.batch(mode, lr))
 
 
 def statistic_tasks(c: cmp.Campaign) -> list[Task]:
@@ -227,7 +227,7 @@ def _blind_r(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: 
 
 def _trajectory(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
     runs.trajectory(model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
-                    device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
+                    device=a["device"], batch=a["batch"], store=store, loader=loader, solo_lock=solo_lock)
 
 
 @dataclass(frozen=True)

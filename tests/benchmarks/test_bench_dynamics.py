@@ -89,7 +89,7 @@ class Trainer:
         if not (torch.isfinite(loss) and torch.isfinite(z).all()):
             return math.nan
         with torch.no_grad():
-            row = self.probe.record(z.detach(), self.hook.h, float(loss), t=1)
+            row = self.probe.record(z.detach(), self.hook.h[0], float(loss), t=1)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -167,7 +167,7 @@ def _setup_run(loaded, step_zero=None) -> tuple[float, dynamics.StepZero]:
     try:
         with torch.no_grad():
             z = model(contexts.encode(CONTEXT, loaded.tokenizer), logits_to_keep=1).logits[0, -1]
-            row = probe.record(z, hook.h, 0.0, t=0)        # t = 0: purity, PR, ξ, B
+            row = probe.record(z, hook.h[0], 0.0, t=0)     # t = 0: purity, PR, ξ, B
     finally:
         hook.remove()
     return row["phi"], dynamics.StepZero(*g_max, {k: row[k] for k in dynamics.STEP_ZERO})

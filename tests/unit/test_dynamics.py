@@ -182,6 +182,17 @@ class TestSmolLM2:
                 opt.zero_grad(set_to_none=True)
         assert np.asarray(losses, dtype=np.float64).tobytes() == base["full"]["loss"].tobytes()
 
+    def test_lora_grid_runs_are_the_sequential_runs_bit_for_bit(self, base, smol, smol_sha, pair):
+        """The claims' batched LoRA grid (dynamics.run_lora_grid) on the real model, one torch thread."""
+        lrs = (1e-4, LR_LORA, 1e-2)
+        grid = dynamics.run_lora_grid(smol, CONTEXT, lrs=lrs, steps=T, pair=pair, observables="all")
+        for lr, batched in zip(lrs, grid):
+            alone = base["lora"] if lr == LR_LORA else \
+                dynamics.run(smol, CONTEXT, mode="lora", lr=lr, steps=T, pair=pair, observables="all")
+            assert batched.meta.pop("batch") == list(lrs)
+            assert_same_run(alone, batched)
+        assert zoo.state_sha256(smol.model) == smol_sha
+
 
 # --------------------------------------------------------------------------------------
 # Argument validation (before anything is loaded or copied)
