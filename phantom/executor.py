@@ -443,6 +443,17 @@ def _refuse(model: str):
                         "their keys differ from the driver's")
 
 
+def waves(tasks: Sequence[Task]) -> tuple[list[Task], list[Task]]:
+    """``tasks`` in two waves: a batched LoRA grid's later runs after everything else.
+
+    A grid's first run computes the whole grid (:func:`phantom.runs.trajectory` with ``batch``);
+    run beside it, its other runs would only hold a worker while waiting on the grid's lock.
+    """
+    def later(t: Task) -> bool:
+        return bool(t.args.get("batch")) and t.args["lr"] != t.args["batch"][0]
+    return [t for t in tasks if not later(t)], [t for t in tasks if later(t)]
+
+
 def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
                      report: Callable[[ModelProgress], None] | None = None,
                      lock: threading.Lock | None = None) -> ModelProgress:
@@ -454,8 +465,9 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
 
     def run(stage: str, tasks: list[Task]) -> None:
         new = track.begin(stage, tasks)      # a run asked for again (a search replayed) counts once
-        for done in executor.run(c, tasks):
-            track.finished(done, counted=str(done.task) in new)
+        for wave in waves(tasks):
+            for done in executor.run(c, wave):
+                track.finished(done, counted=str(done.task) in new)
 
     run("orientations", [orientations_task(c)])
     run("runs", [run_task(c, mode, lr, context) for mode, lr, context in c.planned()] + statistic_tasks(c))

@@ -105,6 +105,15 @@ def test_every_task_kind_is_a_run_store_kind_with_a_known_work():
         executor.execute(executor.Task("m", "orientations", {}, {}), store=None)
 
 
+def test_a_grids_later_runs_come_in_the_second_wave(tiny, tmp_path):
+    c = cmp.Campaign(tiny[0], plans.Plan(lora=(1e-4, 1e-3)), store.RunStore(tmp_path))
+    tasks = [executor.run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
+    first, later = executor.waves(tasks)
+    assert sorted(map(str, first + later)) == sorted(map(str, tasks))
+    assert [(t.args["lr"], t.args["batch"]) for t in later] == [(1e-3, (1e-4, 1e-3))] * len(c.usable)
+    assert all(t.args["batch"] is None or t.args["lr"] == 1e-4 for t in first)
+
+
 def test_fingerprint_differences_name_each_field():
     here = executor.fingerprint()
     assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.ROOTS}
