@@ -116,6 +116,7 @@ def test_the_store_computes_a_grid_once_even_for_two_threads_at_once(llama, tmp_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dynamics, "run_lora_grid", slow_grid)
+    runs.model_info(name)   # the weights hash of the keys, loaded here: two threads must not load at once
     got = {}
 
     def ask(lr):
