@@ -407,6 +407,7 @@ class _Tracker:
         self.start, self.first = time.time(), None
         self.stage, self.planned, self.computed, self.cached = "orientations", 0, 0, 0
         self.seen: set[str] = set()     # runs counted: a search replayed asks for its runs again
+        self.grids: set[tuple] = set()  # batched LoRA grids computed here: their later runs were too
         self.send()
 
     def progress(self, finished: bool = False) -> ModelProgress:
@@ -433,8 +434,13 @@ class _Tracker:
 
     def finished(self, done: Done, counted: bool = True) -> None:
         if done.task.kind == "trajectory" and counted:
-            self.computed += done.computed
-            self.cached += not done.computed
+            a = done.task.args
+            grid = (a["context"], a["batch"]) if a.get("batch") else None
+            computed = done.computed or grid in self.grids   # a grid's first run computed this one
+            if done.computed and grid:
+                self.grids.add(grid)
+            self.computed += computed
+            self.cached += not computed
             self.send()
 
 

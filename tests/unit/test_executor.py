@@ -114,6 +114,16 @@ def test_a_grids_later_runs_come_in_the_second_wave(tiny, tmp_path):
     assert all(t.args["batch"] is None or t.args["lr"] == 1e-4 for t in first)
 
 
+def test_a_cold_grid_counts_every_run_computed(tiny, tmp_path, one_torch_thread):
+    """Its first run computes the whole grid: its later runs, found stored, were computed here too."""
+    plan = plans.Plan(sweep=(2e-5,), extended=(), lora=(1e-4, 1e-3), eta_c=False, steps=2)
+    (cold,) = executor.compute([cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))], "local")
+    contexts_n = len(cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path)).usable)
+    assert cold.computed == cold.done == cold.planned == (1 + 2) * contexts_n    # η_ref; the 2 LoRA LRs
+    (warm,) = executor.compute([cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))], "local")
+    assert warm.computed == 0 and warm.cached == cold.planned
+
+
 def test_fingerprint_differences_name_each_field():
     here = executor.fingerprint()
     assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.ROOTS}
