@@ -385,7 +385,8 @@ def _warm_worker() -> int:
 
 @pytest.mark.ray
 def test_solo_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
-    c = cmp.Campaign(tiny[0], plans.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
+    plan = plans.Plan(steps=15, stop="never", batch_lora=False)   # the LoRA runs: 4 tasks of their own
+    c = cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
     monkeypatch.setattr(runs, "SOLO_PARAMS", 0)            # every full fine-tune is solo (driver side)
     solo = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
