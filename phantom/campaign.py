@@ -83,7 +83,7 @@ class Campaign:
         """One run through the store (computed once across processes)."""
         return runs.trajectory(self.model, context, mode=mode, lr=lr, steps=self.plan.steps,
                                stop=self.plan.stop if stop is None else stop, device=self.device,
-                               store=self.store, loader=self.loader)
+                               batch=self.plan.batch(mode, lr), store=self.store, loader=self.loader)
 
     def runs(self, mode: str, lr: float) -> list[Trajectory]:
         """One run per usable context at this LR."""
@@ -107,9 +107,13 @@ class Campaign:
                 for r in self.runs("full", lr)] + self.lora_runs()
 
     def planned(self) -> list[tuple[str, float, str]]:
-        """(mode, lr, context) of every planned run, costliest first: the only list of runs."""
+        """(mode, lr, context) of every planned run, costliest first: the only list of runs.
+
+        LoRA runs by context: a context's grid is one batched training, which the first of its
+        runs computes and the next ones read.
+        """
         return ([("full", lr, c) for lr in self.plan.full_lrs for c in self.usable]
-                + [("lora", lr, c) for lr in self.plan.lora_lrs for c in self.usable])
+                + [("lora", lr, c) for c in self.usable for lr in self.plan.lora_lrs])
 
 
 def schedule(campaigns: list[Campaign]) -> list[tuple[str, str, float, str]]:

@@ -21,21 +21,22 @@ from .store import RunStore
 class Costs:
     """Measured costs of one run on this project's machines, per parameter of the model.
 
-    Fitted on the 346 trajectories of the cold standard session of 2026-12-06 (39.7 min; 2
-    cores, xdist ``-n 2``, one torch thread each, under each other's contention; the step-0
-    state shared per context, :class:`phantom.dynamics.StepZero`), by least squares of a
-    run's recorded ``wall_s`` on ``n_params · (1, updates)`` per mode: per update SmolLM2-135M
-    0.43 s and Gemma-3-270M 0.66 s under full FT, 0.21 s and 0.36 s under LoRA. ``wall_s``
-    holds the step-0 observables (the fit's intercept, ``t0_s_per_param``; about 4.5 s on
-    Gemma-3 for the first run of a context, little for the others) but not the model copy
-    before it (``copy_s_per_param``, from ``test_bench_run_setup`` of
+    Fitted on the 346 trajectories of the cold standard session of 2026-12-06 11:13 UTC (34.6
+    min; 2 cores, xdist ``-n 2``, one torch thread each, under each other's contention; the
+    step-0 state shared per context, :class:`phantom.dynamics.StepZero`; each context's LoRA
+    grid batched, :func:`phantom.dynamics.run_lora_grid`, its runs' ``wall_s`` the grid's
+    time shared by forwards), by least squares of a run's recorded ``wall_s`` on
+    ``n_params · (1, updates)`` per mode: per update SmolLM2-135M 0.41 s and Gemma-3-270M
+    0.79 s under full FT, 0.135 s and 0.254 s under LoRA (0.21 s and 0.36 s run one by one).
+    ``wall_s`` holds the step-0 observables (the fit's intercept, ``t0_s_per_param``) but not
+    the model copy before it (``copy_s_per_param``, from ``test_bench_run_setup`` of
     ``tests/benchmarks/test_bench_dynamics.py``). ``kept`` is the mean fraction of the ``T``
     updates a run makes before its early stop (``stop="saturated"``): 0.80 under full FT
     (29% of the runs stopped early), 0.65 under LoRA (52%).
     """
 
-    step_s_per_param: dict = field(default_factory=lambda: {"full": 2.6e-9, "lora": 1.4e-9})
-    t0_s_per_param: dict = field(default_factory=lambda: {"full": 1.6e-8, "lora": 2.0e-9})
+    step_s_per_param: dict = field(default_factory=lambda: {"full": 2.6e-9, "lora": 9.0e-10})
+    t0_s_per_param: dict = field(default_factory=lambda: {"full": 8.7e-9, "lora": 1.1e-9})
     copy_s_per_param: float = 7e-9
     kept: dict = field(default_factory=lambda: {"full": 0.80, "lora": 0.65})
 

@@ -94,15 +94,44 @@ def prepare(loaded, mode: str, seed: int, device: str | torch.device = "cpu"):
     # reads is the state itself, deterministic and equal to the orientation's (gradients flow).
     model = copy.deepcopy(loaded.model).to(device).eval()
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model
-        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, bias="none",
-                            target_modules=list(lora_targets(model.config.model_type)))
-        model = get_peft_model(model, config)
+        from peft import get_peft_model
+        model = get_peft_model(model, _lora_config(model.config.model_type))
         frozen = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
         assert not any(w.requires_grad for w in frozen), "LoRA must freeze the embedding and LM head"
     else:
         model.requires_grad_(True)
     return model
+
+
+def _lora_config(model_type: str):
+    """The SPEC §4 LoRA adapter (rank, α, dropout, query/value targets) of an architecture."""
+    from peft import LoraConfig
+    return LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, bias="none",
+                      target_modules=list(lora_targets(model_type)))
+
+
+def prepare_grid(loaded, n: int, seed: int, device: str | torch.device = "cpu"):
+    """A pristine copy of ``loaded.model`` with ``n`` LoRA adapters, each as :func:`prepare` makes it.
+
+    Every adapter is initialised after seeding torch with ``seed``, so each starts from the
+    same bits as the single adapter of a sequential run. Returns ``(model, names)``; all
+    adapters are trainable, the base (embedding and head included) frozen.
+    """
+    model = prepare(loaded, "lora", seed, device)
+    names = ["default", *(f"lr{k}" for k in range(1, n))]
+    for name in names[1:]:
+        torch.manual_seed(seed)
+        model.add_adapter(name, _lora_config(model.config.model_type))
+    model.eval()   # new adapters start in training mode; peft mixes adapters in a batch only in eval
+    for name, p in model.named_parameters():
+        p.requires_grad_(_adapter(name) in names)
+    return model, names
+
+
+def _adapter(name: str) -> str | None:
+    """The adapter a peft parameter belongs to (``…q_proj.lora_A.lr1.weight`` → ``"lr1"``), else None."""
+    parts = name.split(".")
+    return parts[-2] if len(parts) > 2 and parts[-3] in ("lora_A", "lora_B") else None
 
 
 def _sparse_lookup(model) -> None:
@@ -120,21 +149,30 @@ def _sparse_lookup(model) -> None:
         embedding.sparse = True
 
 
-def optimizer(model, lr: float) -> torch.optim.AdamW:
-    """SPEC §4 AdamW over the trainable parameters (fused kernel: 2× faster on CPU)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def optimizer(model, lr: float | dict[str, float]) -> torch.optim.AdamW:
+    """SPEC §4 AdamW over the trainable parameters (fused kernel: 2× faster on CPU).
+
+    ``lr`` a dict adapter name → LR (:func:`prepare_grid`): one parameter group per adapter,
+    each at its own LR (AdamW is elementwise: each group steps as its own optimizer would).
+    """
+    if isinstance(lr, dict):
+        named = [(_adapter(n), p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [{"params": [p for a, p in named if a == name], "lr": v} for name, v in lr.items()]
+        lr = min(lr.values())   # every group names its own
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=True)
 
 
 class _HeadInput:
-    """Forward hook keeping ``h``, the LM head's input at the last position (d,)."""
+    """Forward hook keeping ``h``, the LM head's input at the last position (batch, d)."""
 
     def __init__(self, head: torch.nn.Module):
         self.h = None
         self._handle = head.register_forward_hook(self)
 
     def __call__(self, module, args, output):
-        self.h = args[0][0, -1].detach()
+        self.h = args[0][:, -1].detach()
 
     def remove(self):
         self._handle.remove()
@@ -243,8 +281,13 @@ class _Probe:
         col[self.g] = -math.inf
         return geometry.pair_overlap(psi, self.g, self.c), float(col.max())
 
-    def record(self, z: torch.Tensor, h: torch.Tensor, loss: float, t: int) -> dict[str, float]:
-        """The SPEC §2 quantities of the current state from the training forward's ``z``, ``h``."""
+    def record(self, z: torch.Tensor, h: torch.Tensor, loss: float, t: int,
+               checked: dict[str, float] | None = None) -> dict[str, float]:
+        """The SPEC §2 quantities of the current state from the training forward's ``z``, ``h``.
+
+        ``checked``: this step's :meth:`embedding_check`, when already made (a batched grid's
+        adapters share one model, so one check per step serves them all).
+        """
         g, c = self.g, self.c
         E = self.E.detach()
         wanted = self.recorded(t)
@@ -270,11 +313,16 @@ class _Probe:
             xi = geometry.localisation_length(gamma)
             row.update(purity=gamma, pr=1.0 / gamma, xi=xi, burial=geometry.burial_depth(xi, g_gc))
         if "embed_equal" in wanted:
-            embed_equal = _bitwise_equal(E, self.E0)
-            row.update(max_de=0.0 if embed_equal else float((E - self.E0).abs_().max()),
-                       embed_equal=float(embed_equal),
-                       head_equal=float(embed_equal if self.U is None else _bitwise_equal(self.U, self.U0)))
+            row.update(checked or self.embedding_check())
         return row
+
+    def embedding_check(self) -> dict[str, float]:
+        """The :data:`EMBEDDING` series (C4): is the live ``E`` (and untied head) its step-0 bits?"""
+        E = self.E.detach()
+        embed_equal = _bitwise_equal(E, self.E0)
+        return {"max_de": 0.0 if embed_equal else float((E - self.E0).abs_().max()),
+                "embed_equal": float(embed_equal),
+                "head_equal": float(embed_equal if self.U is None else _bitwise_equal(self.U, self.U0))}
 
 
 def _probe(model, mode: str, g: int, c: int, observables: str, step_zero: StepZero | None = None) -> _Probe:
@@ -316,7 +364,7 @@ def _train(model, opt, probe: _Probe, ids: torch.Tensor, target: torch.Tensor, s
             if not (torch.isfinite(loss) and torch.isfinite(z).all()):
                 return rows, t, None
             with torch.no_grad():
-                row = probe.record(z.detach(), hook.h, float(loss), t)
+                row = probe.record(z.detach(), hook.h[0], float(loss), t)
             if not all(math.isfinite(row[k]) for k in FINITE):   # a non-finite embedding row
                 return rows, t, None                              # reaches Φ and D through G
             rows.append(row)
@@ -329,6 +377,70 @@ def _train(model, opt, probe: _Probe, ids: torch.Tensor, target: torch.Tensor, s
     finally:
         hook.remove()
     return rows, None, None
+
+
+def _train_grid(model, opt, start: _Start, names: list[str], steps: int,
+                stop: str) -> list[tuple[list[dict], int | None, int | None]]:
+    """The training loop of :func:`run_lora_grid`: ``(rows, diverged_at, stopped_at)`` per adapter.
+
+    As :func:`_train`, for the adapters still running: row ``i`` of the batch goes through
+    adapter ``active[i]``; an adapter that diverges or stops early leaves the batch, so its
+    parameters get no gradient and AdamW leaves them as they are. The embedding check (C4)
+    is made once per step: every adapter's ``E`` and head are the one frozen base's.
+    """
+    hook = _HeadInput(model.get_output_embeddings())
+    rows: list[list[dict]] = [[] for _ in names]
+    ends: list[tuple[int | None, int | None]] = [(None, None) for _ in names]
+    active = list(range(len(names)))
+    try:
+        for t in range(steps + 1):
+            with torch.set_grad_enabled(t < steps):
+                z = model(start.ids.expand(len(active), -1), logits_to_keep=1,
+                          adapter_names=[names[k] for k in active]).logits[:, -1]          # (N, V)
+                losses = F.cross_entropy(z.float(), start.target.expand(len(active)), reduction="none")  # (N,)
+            going = []
+            checked = start.probe.embedding_check() if "embed_equal" in start.probe.recorded(t) else None
+            for i, k in enumerate(active):
+                row = None
+                if torch.isfinite(losses[i]) and torch.isfinite(z[i]).all():
+                    with torch.no_grad():
+                        row = start.probe.record(z[i].detach(), hook.h[i], float(losses[i]), t, checked)
+                if row is None or not all(math.isfinite(row[f]) for f in FINITE):
+                    ends[k] = (t, None)
+                    continue
+                rows[k].append(row)
+                if t < steps and _should_stop(stop, rows[k]):
+                    ends[k] = (None, t)
+                    continue
+                going.append(i)
+            if t == steps or not going:
+                break
+            losses[going].sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            active = [active[i] for i in going]
+    finally:
+        hook.remove()
+    return [(r, *end) for r, end in zip(rows, ends)]
+
+
+def _step_zero_alone(model, start: _Start, adapter: str) -> StepZero:
+    """The context's step-0 state as a run of its own records it: one row through one adapter.
+
+    At t = 0 every adapter adds exactly zero (B = 0), so this is the forward every sequential
+    run of the context makes first. The grid's batched rows can round differently from it
+    (SmolLM2's 3-token contexts: their GEMMs take another kernel), so the shared state is
+    never taken from them: whichever run of a context comes first in a process, the state
+    every run reads is the same bits.
+    """
+    hook = _HeadInput(model.get_output_embeddings())
+    try:
+        with torch.no_grad():
+            z = model(start.ids, logits_to_keep=1, adapter_names=[adapter]).logits[0, -1]   # (V,)
+            row = start.probe.record(z, hook.h[0], float(F.cross_entropy(z[None].float(), start.target)), 0)
+    finally:
+        hook.remove()
+    return start.step_zero(row)
 
 
 def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int = SEED,
@@ -386,31 +498,124 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         if mode == "full":
             _sparse_lookup(model)
         opt = optimizer(model, lr)
+        start = _Start.of(loaded, model, context, pair, mode, observables, device)
+        began = time.perf_counter()
+        rows, diverged_at, stopped_at = _train(model, opt, start.probe, start.ids, start.target, steps, stop)
+        start.share(rows)
+    return start.trajectory(rows, mode=mode, lr=lr, steps=steps, seed=seed, stop=stop, diverged_at=diverged_at,
+                            stopped_at=stopped_at, n_trainable=sum(p.numel() for p in model.parameters()
+                                                                   if p.requires_grad),
+                            wall_s=time.perf_counter() - began)
+
+
+def run_lora_grid(loaded, context, *, lrs, steps: int = STEPS, seed: int = SEED,
+                  device: str | torch.device = "cpu", pair: ctx.Pair | None = None, stop: str = "never",
+                  observables: str = "claims") -> list[Trajectory]:
+    """The LoRA runs of one context at several LRs as one training: one adapter per LR (SPEC §4).
+
+    Each LR gets its own adapter (:func:`prepare_grid`, initialised as the single adapter of a
+    sequential run) and its own AdamW parameter group; one forward of the frozen base over a
+    batch of ``len(lrs)`` copies of the context (peft's mixed-adapter batch: row k through
+    adapter k) and one backward of the summed losses serve them all, since no parameter is
+    shared between adapters. Each run stops early or diverges on its own and then leaves the
+    batch; the embedding check (C4) runs once per step on the one frozen ``E`` every adapter
+    reads. Arguments as :func:`run` (``mode`` is LoRA), with ``lrs`` distinct positive LRs.
+
+    Each run equals its sequential run bit for bit wherever the batched products compute each
+    row as the sequential ones do: with one torch thread (as every claims worker), on the tiny
+    models, Gemma-3 and 7 of SmolLM2's 10 contexts. SmolLM2's three 3-token contexts (begin,
+    awful, scared) round differently (their 15-row products take another kernel than 3 rows):
+    |ΔΦ| ≤ 6.7e-6 over 30 steps, the same early stops, every CLAIMS.md value the same at its
+    printed precision but C2's rounding residual (measured 2026-12-06). The step-0 state is
+    the sequential one (:func:`_step_zero_alone`). The LM head's input is left as the model
+    slices it, so each row's logits stay a product of their own (a contiguous batch makes
+    Gemma-3's grid step 1.8× faster but moves Φ by up to 7e-5 and once a rank).
+
+    Returns
+    -------
+    list of Trajectory
+        One per LR, in the order of ``lrs``, each as :func:`run` records it, with
+        ``meta["batch"]`` listing the batch's LRs and ``meta["wall_s"]`` the batch's time shared
+        in proportion to the forwards each run took part in.
+    """
+    lrs = [validate("lora", lr, steps, stop, seed, observables)[0] for lr in lrs]
+    if not lrs or len(set(lrs)) != len(lrs):
+        raise ValueError(f"lrs must be distinct learning rates, at least one, got {lrs!r}")
+    _, steps, seed = validate("lora", lrs[0], steps, stop, seed, observables)
+    context = ctx.get(context) if isinstance(context, str) else context
+    pair = pair or ctx.orient(context, loaded)
+    with heap.reused():
+        model, names = prepare_grid(loaded, len(lrs), seed, device)
+        opt = optimizer(model, dict(zip(names, lrs)))
+        start = _Start.of(loaded, model, context, pair, "lora", observables, device)
+        if start.probe.step_zero is None:   # the first run of the context in this process
+            start.probe.step_zero = _step_zero_alone(model, start, names[0])
+            _SHARED.setdefault(loaded.model, {})[start.key] = start.probe.step_zero
+        began = time.perf_counter()
+        ends = _train_grid(model, opt, start, names, steps, stop)
+        wall_s = time.perf_counter() - began
+    forwards = sum(len(rows) + (d is not None) for rows, d, _ in ends)
+    n_trainable = sum(p.numel() for p in opt.param_groups[0]["params"])
+    return [start.trajectory(rows, mode="lora", lr=lr, steps=steps, seed=seed, stop=stop, diverged_at=d,
+                             stopped_at=s, n_trainable=n_trainable, batch=lrs,
+                             wall_s=wall_s * (len(rows) + (d is not None)) / forwards)
+            for lr, (rows, d, s) in zip(lrs, ends)]
+
+
+@dataclass
+class _Start:
+    """What a run (or a batched LoRA grid) starts from: ids, target, probe, ``G_max``, the shared state."""
+
+    loaded: object
+    context: ctx.Context
+    pair: ctx.Pair
+    device: str
+    observables: str
+    ids: torch.Tensor           # (1, n) the context's token ids
+    target: torch.Tensor        # (1,) g
+    probe: _Probe
+    g_max: float
+    g_max_other: float
+    key: tuple                  # the context's entry in _SHARED
+
+    @classmethod
+    def of(cls, loaded, model, context, pair, mode: str, observables: str, device) -> _Start:
         ids = ctx.encode(context, loaded.tokenizer).to(device)
-        shared = _SHARED.setdefault(loaded.model, {})
         key = _shared_key(ids, pair.g_id, pair.c_id, device)
-        probe = _probe(model, mode, pair.g_id, pair.c_id, observables, shared.get(key))
-        g_max, g_max_other = probe.g_max()
-        target = torch.tensor([pair.g_id], device=device)
-        start = time.perf_counter()
-        rows, diverged_at, stopped_at = _train(model, opt, probe, ids, target, steps, stop)
-        if key not in shared and rows:
-            shared[key] = StepZero(g_max, g_max_other, {k: rows[0][k] for k in STEP_ZERO})
-    series = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in SERIES}
-    meta = {
-        "model": loaded.info.name, "weights_sha256": loaded.info.weights_sha256,
-        "context": context.id, "text": context.text, "g_word": pair.g_word, "c_word": pair.c_word,
-        "g_id": pair.g_id, "c_id": pair.c_id, "p_g0": pair.p_g0, "p_c0": pair.p_c0,
-        "rank_contested": pair.rank_contested, "mode": mode, "lr": lr, "steps": steps, "seed": seed,
-        "g_max": g_max, "g_max_other": g_max_other, "diverged_at": diverged_at,
-        "stop": stop, "stopped_at": stopped_at,
-        "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "protocol_version": PROTOCOL_VERSION, "device": str(device), "observables": observables,
-        "recorded": {k: "every step" if k in probe.recorded(1) else "t = 0" if k in probe.recorded(0) else "never"
-                     for k in STEP_ZERO + EMBEDDING},
-        "wall_s": time.perf_counter() - start,
-    }
-    return Trajectory(series, meta)
+        probe = _probe(model, mode, pair.g_id, pair.c_id, observables, _SHARED.get(loaded.model, {}).get(key))
+        return cls(loaded, context, pair, str(device), observables, ids, torch.tensor([pair.g_id], device=device),
+                   probe, *probe.g_max(), key)
+
+    def step_zero(self, row: dict) -> StepZero:
+        """The context's shared state from a run's finite t = 0 row."""
+        return StepZero(self.g_max, self.g_max_other, {k: row[k] for k in STEP_ZERO})
+
+    def share(self, rows: list[dict]) -> None:
+        """Share the t = 0 state with the context's later runs in this process (first run only)."""
+        shared = _SHARED.setdefault(self.loaded.model, {})
+        if self.key not in shared and rows:
+            shared[self.key] = self.step_zero(rows[0])
+
+    def trajectory(self, rows: list[dict], *, mode: str, lr: float, steps: int, seed: int, stop: str,
+                   diverged_at: int | None, stopped_at: int | None, n_trainable: int, wall_s: float,
+                   batch: list[float] | None = None) -> Trajectory:
+        """The recorded rows and the run's facts as a :class:`Trajectory`."""
+        info, pair, probe = self.loaded.info, self.pair, self.probe
+        series = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in SERIES}
+        meta = {
+            "model": info.name, "weights_sha256": info.weights_sha256,
+            "context": self.context.id, "text": self.context.text, "g_word": pair.g_word, "c_word": pair.c_word,
+            "g_id": pair.g_id, "c_id": pair.c_id, "p_g0": pair.p_g0, "p_c0": pair.p_c0,
+            "rank_contested": pair.rank_contested, "mode": mode, "lr": lr, "steps": steps, "seed": seed,
+            "g_max": self.g_max, "g_max_other": self.g_max_other, "diverged_at": diverged_at,
+            "stop": stop, "stopped_at": stopped_at, "n_trainable": n_trainable,
+            "protocol_version": PROTOCOL_VERSION, "device": self.device, "observables": self.observables,
+            "recorded": {k: "every step" if k in probe.recorded(1) else "t = 0" if k in probe.recorded(0)
+                         else "never" for k in STEP_ZERO + EMBEDDING},
+            **({"batch": list(batch)} if batch is not None else {}),
+            "wall_s": wall_s,
+        }
+        return Trajectory(series, meta)
 
 
 def step_zero_r(model, ids: torch.Tensor, g: int, c: int) -> tuple[float, float]:

@@ -72,7 +72,7 @@ class Task:
     model: str
     kind: str          # the run-store kind it computes (:data:`KINDS`): every context's "orientation",
                        # "bulk", one context's "blind_r" or one "trajectory"
-    args: dict         # the kind's arguments (context, mode, lr, steps, stop, device)
+    args: dict         # the kind's arguments (context, mode, lr, steps, stop, device, batch)
     resources: dict    # the Ray resource request: num_cpus, memory, num_gpus, resources
 
     def __str__(self) -> str:
@@ -202,7 +202,7 @@ def orientations_task(c: cmp.Campaign) -> Task:
 def run_task(c: cmp.Campaign, mode: str, lr: float, context: str, stop: str | None = None) -> Task:
     """The task of one fine-tuning run of a campaign (its plan's steps and stop policy)."""
     return _task(c, "trajectory", context=context, mode=mode, lr=lr, steps=c.plan.steps,
-                 stop=c.plan.stop if stop is None else stop, device=c.device)
+                 stop=c.plan.stop if stop is None else stop, device=c.device, batch=c.plan.batch(mode, lr))
 
 
 def statistic_tasks(c: cmp.Campaign) -> list[Task]:
@@ -227,7 +227,7 @@ def _blind_r(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: 
 
 def _trajectory(model: str, a: dict, store: RunStore, loader: Callable, solo_lock: bool) -> None:
     runs.trajectory(model, a["context"], mode=a["mode"], lr=a["lr"], steps=a["steps"], stop=a["stop"],
-                    device=a["device"], store=store, loader=loader, solo_lock=solo_lock)
+                    device=a["device"], batch=a["batch"], store=store, loader=loader, solo_lock=solo_lock)
 
 
 @dataclass(frozen=True)
@@ -407,6 +407,7 @@ class _Tracker:
         self.start, self.first = time.time(), None
         self.stage, self.planned, self.computed, self.cached = "orientations", 0, 0, 0
         self.seen: set[str] = set()     # runs counted: a search replayed asks for its runs again
+        self.grids: set[tuple] = set()  # batched LoRA grids computed here: their later runs were too
         self.send()
 
     def progress(self, finished: bool = False) -> ModelProgress:
@@ -433,14 +434,30 @@ class _Tracker:
 
     def finished(self, done: Done, counted: bool = True) -> None:
         if done.task.kind == "trajectory" and counted:
-            self.computed += done.computed
-            self.cached += not done.computed
+            a = done.task.args
+            grid = (a["context"], a["batch"]) if a.get("batch") else None
+            computed = done.computed or grid in self.grids   # a grid's first run computed this one
+            if done.computed and grid:
+                self.grids.add(grid)
+            self.computed += computed
+            self.cached += not computed
             self.send()
 
 
 def _refuse(model: str):
     raise ExecutorError(f"the driver would load {model} to compute an entry the workers computed: "
                         "their keys differ from the driver's")
+
+
+def waves(tasks: Sequence[Task]) -> tuple[list[Task], list[Task]]:
+    """``tasks`` in two waves: a batched LoRA grid's later runs after everything else.
+
+    A grid's first run computes the whole grid (:func:`phantom.runs.trajectory` with ``batch``);
+    run beside it, its other runs would only hold a worker while waiting on the grid's lock.
+    """
+    def later(t: Task) -> bool:
+        return bool(t.args.get("batch")) and t.args["lr"] != t.args["batch"][0]
+    return [t for t in tasks if not later(t)], [t for t in tasks if later(t)]
 
 
 def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
@@ -454,8 +471,9 @@ def compute_campaign(c: cmp.Campaign, executor: LocalExecutor | RayExecutor,
 
     def run(stage: str, tasks: list[Task]) -> None:
         new = track.begin(stage, tasks)      # a run asked for again (a search replayed) counts once
-        for done in executor.run(c, tasks):
-            track.finished(done, counted=str(done.task) in new)
+        for wave in waves(tasks):
+            for done in executor.run(c, wave):
+                track.finished(done, counted=str(done.task) in new)
 
     run("orientations", [orientations_task(c)])
     run("runs", [run_task(c, mode, lr, context) for mode, lr, context in c.planned()] + statistic_tasks(c))

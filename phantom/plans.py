@@ -24,6 +24,7 @@ class Plan:
     eta_c: bool = True                            # critical-LR search and blind predictor: C13
     steps: int = STEPS
     stop: str = "saturated"                       # dynamics.run(stop=…): ends runs that can change no verdict
+    batch_lora: bool = True                       # a context's LoRA grid as one batched training (run_lora_grid)
     reductions: tuple[str, ...] = field(default=())  # human-readable departures, for CLAIMS.md
 
     @property
@@ -40,6 +41,11 @@ class Plan:
     def lora_lrs(self) -> tuple[float, ...]:
         """Every LoRA LR of the plan (the reference always), ascending."""
         return tuple(sorted(set(self.lora) | {LORA_REF}))
+
+    def batch(self, mode: str, lr: float) -> tuple[float, ...] | None:
+        """The LoRA grid a run is computed in (:func:`phantom.runs.trajectory`), None for a run of its own."""
+        grid = self.lora_lrs
+        return grid if self.batch_lora and mode == "lora" and lr in grid and len(grid) > 1 else None
 
 
 BUDGETS = ("quick", "standard", "full")

@@ -28,7 +28,7 @@ import functools
 import hashlib
 import pathlib
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 from . import contexts, dynamics, geometry, zoo
@@ -211,9 +211,21 @@ def _trajectory_check(**expected) -> Callable[[dict], None]:
     return check
 
 
+def _batch(mode: str, lr: float, batch: Sequence[float] | None) -> list[float] | None:
+    """A LoRA grid's LRs, ascending, with ``lr`` among them (None: a run of its own)."""
+    if batch is None:
+        return None
+    lrs = sorted({float(x) for x in batch})
+    if mode != "lora" or lr not in lrs:
+        raise ValueError(f"a batch is a LoRA grid that holds the run's LR; got mode {mode!r}, lr {lr!r}, "
+                         f"batch {list(batch)!r}")
+    return lrs
+
+
 def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: float, steps: int = STEPS,
                seed: int = SEED, stop: str = "never", observables: str = "claims", device: str = "cpu",
-               store: RunStore | None = None, loader: Callable = SLOT, solo_lock: bool = True) -> Trajectory:
+               batch: Sequence[float] | None = None, store: RunStore | None = None, loader: Callable = SLOT,
+               solo_lock: bool = True) -> Trajectory:
     """A run from the store, computed (once across all processes) on a miss (SPEC §4).
 
     The key holds the observable set; a request for ``"claims"`` is served by an ``"all"``
@@ -227,24 +239,37 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
     mode, lr, steps, seed, stop, observables, device
         As :func:`phantom.dynamics.run`. The key holds the device type and the dtype (float32),
         so a CUDA run is cached apart from the CPU one and never served for it.
+    batch : sequence of float, optional
+        A LoRA grid holding ``lr``: on a miss, every run of the grid is computed as one batched
+        training (:func:`phantom.dynamics.run_lora_grid`) and stored, under the grid's lock, so
+        the grid is computed once across processes. The key names the grid.
     solo_lock : bool
         Full FT of a model above :data:`SOLO_PARAMS` takes the machine-wide lock file in the
         store root (default). A scheduler that already allows one such run per node (the Ray
         executor's ``phantom_solo_ft`` resource) passes False.
     """
     lr, steps, seed = dynamics.validate(mode, lr, steps, stop, seed, observables)   # before any model is loaded
+    batch = _batch(mode, lr, batch)
     context = contexts.get(context) if isinstance(context, str) else context
     store = store or RunStore()
     pair = orientation(model, context, store=store, loader=loader)
 
-    def run_key(obs: str) -> dict:
+    def run_key(obs: str, lr: float | None = lr) -> dict:
         return key("trajectory", model, context=_context_fields(context), orientation=[pair.g_word, pair.c_word],
-                   mode=mode, lr=float(lr), steps=steps, seed=seed, stop=stop, observables=obs,
-                   device=device_type(device), dtype="float32", protocol_version=dynamics.PROTOCOL_VERSION)
+                   mode=mode, lr=lr, steps=steps, seed=seed, stop=stop, observables=obs,
+                   device=device_type(device), dtype="float32", protocol_version=dynamics.PROTOCOL_VERSION,
+                   **({"batch": batch} if batch else {}))
 
-    check = _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word)
-    if observables != "all" and (wider := store.get(run_key("all"), check)) is not None:
+    def check(lr: float = lr) -> Callable[[dict], None]:
+        return _trajectory_check(mode=mode, lr=lr, steps=steps, seed=seed, g_word=pair.g_word, c_word=pair.c_word,
+                                 **({"batch": batch} if batch else {}))
+
+    if observables != "all" and (wider := store.get(run_key("all"), check())) is not None:
         return Trajectory.from_dict(wider)
+    if batch:
+        return _grid_run(store, run_key, check, lr, lambda: dynamics.run_lora_grid(
+            loader(model), context, lrs=batch, steps=steps, seed=seed, pair=pair, stop=stop,
+            observables=observables, device=device), observables)
 
     def compute() -> dict:
         loaded = loader(model)
@@ -256,7 +281,28 @@ def trajectory(model: str, context: contexts.Context | str, *, mode: str, lr: fl
                                 stop=stop, observables=observables, device=device)
         return traj.to_dict()
 
-    return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute, check))
+    return Trajectory.from_dict(store.get_or_compute(run_key(observables), compute, check()))
+
+
+def _grid_run(store: RunStore, run_key: Callable, check: Callable, lr: float,
+              grid: Callable[[], list[Trajectory]], observables: str) -> Trajectory:
+    """One run of a batched LoRA grid from the store; on a miss the grid is computed and stored.
+
+    The grid's lock is taken before any of its entries' locks (in every process), so two
+    processes never wait on each other, and whoever takes it first computes the grid once.
+    """
+    this = run_key(observables)
+
+    def compute() -> dict:
+        runs = {t.meta["lr"]: t for t in grid()}
+        for other, t in runs.items():
+            if other != lr:
+                store.get_or_compute(run_key(observables, other), t.to_dict, check(other))
+        return runs[lr].to_dict()
+
+    missing = not store.read_only and store.get(this, check()) is None
+    with store.lock(run_key(observables, None), "the batched LoRA grid") if missing else nullcontext():
+        return Trajectory.from_dict(store.get_or_compute(this, compute, check()))
 
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,

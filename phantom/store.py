@@ -363,6 +363,10 @@ class RunStore:
             _warn_corrupt(path, str(exc))
             return None
 
+    def lock(self, key: dict, what: str):
+        """An exclusive lock named by ``key`` (its own, not an entry's) for work that spans entries."""
+        return exclusive_lock(self._path(key_hash(key), ".lock"), f"{what} {key_hash(key)[:12]}…")
+
     def get(self, key: dict, validate: Validator | None = None) -> dict | None:
         """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`)."""
         record = self.entry(key, validate)

@@ -19,6 +19,10 @@ Per (model, mode) one benchmark times, on one prepared copy and optimizer, round
 * ``floor_ratio`` (full FT): bare step / memory-traffic floor, the floor being AdamW's 28 bytes
   per parameter (read p, g, m, v; write p, m, v) at the measured bandwidth.
 
+``test_bench_run_setup`` times a run's fixed cost before its first update, and
+``test_bench_lora_grid`` a context's LoRA grid batched (``run_lora_grid``) against its runs one
+by one (``ratio``: batched / sequential seconds per run-step; the runs equal bit for bit).
+
 Timing is never asserted, only that each step ran. Under ``--benchmark-disable`` each step
 runs once. One torch thread: on the shared 2-core machine two OpenMP threads competing with
 other jobs make the timings meaningless.
@@ -33,7 +37,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phantom import contexts, dynamics, heap, zoo
+from phantom import contexts, dynamics, heap, plans, zoo
 from phantom.protocol import MODES
 
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -42,6 +46,7 @@ LR = {"full": 2e-5, "lora": 1e-3}
 TARGET_RATIO, TARGET_STREAM = 1.10, 0.70
 ADAMW_BYTES_PER_PARAM = 28
 ROUNDS = 9
+GRID_STEPS = 5    # updates of each run of the LoRA-grid benchmark (no early stop)
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +94,7 @@ class Trainer:
         if not (torch.isfinite(loss) and torch.isfinite(z).all()):
             return math.nan
         with torch.no_grad():
-            row = self.probe.record(z.detach(), self.hook.h, float(loss), t=1)
+            row = self.probe.record(z.detach(), self.hook.h[0], float(loss), t=1)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -167,7 +172,7 @@ def _setup_run(loaded, step_zero=None) -> tuple[float, dynamics.StepZero]:
     try:
         with torch.no_grad():
             z = model(contexts.encode(CONTEXT, loaded.tokenizer), logits_to_keep=1).logits[0, -1]
-            row = probe.record(z, hook.h, 0.0, t=0)        # t = 0: purity, PR, ξ, B
+            row = probe.record(z, hook.h[0], 0.0, t=0)     # t = 0: purity, PR, ξ, B
     finally:
         hook.remove()
     return row["phi"], dynamics.StepZero(*g_max, {k: row[k] for k in dynamics.STEP_ZERO})
@@ -198,3 +203,27 @@ def test_bench_run_setup(benchmark, model):
                 ratio_to_step=setup / step, first_ratio_to_step=first / step,
                 setup_s_per_param=setup / loaded.info.n_params, torch_threads=torch.get_num_threads())
     print(f"\n{model} run set-up: " + ", ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float)))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bench_lora_grid(benchmark, model):
+    """The claims' LoRA grid of one context batched vs run one by one, per run-step (no early stop)."""
+    lrs = plans.Plan().lora_lrs
+    with heap.reused():
+        loaded = zoo.load(model)
+        pair = contexts.orient(CONTEXT, loaded)
+        dynamics.run(loaded, CONTEXT, mode="lora", lr=lrs[0], steps=1, pair=pair)   # the shared step-0 state
+        alone = []
+        sequential = _timed(lambda: alone.extend(dynamics.run(loaded, CONTEXT, mode="lora", lr=lr, steps=GRID_STEPS,
+                                                              pair=pair) for lr in lrs))
+        grid = benchmark.pedantic(dynamics.run_lora_grid, args=(loaded, CONTEXT),
+                                  kwargs=dict(lrs=lrs, steps=GRID_STEPS, pair=pair), rounds=1, iterations=1)
+    assert all(a["phi"].tobytes() == b["phi"].tobytes() for a, b in zip(alone, grid))
+    stats = getattr(benchmark, "stats", None)
+    batched = stats.stats.data[0] if stats is not None else sum(r.meta["wall_s"] for r in grid)
+    run_steps = len(lrs) * (GRID_STEPS + 1)
+    info = benchmark.extra_info
+    info.update(model=model, lrs=list(lrs), steps=GRID_STEPS, sequential_s_per_run_step=sequential / run_steps,
+                batched_s_per_run_step=batched / run_steps, ratio=batched / sequential,
+                torch_threads=torch.get_num_threads())
+    print(f"\n{model} LoRA grid: " + ", ".join(f"{k} {v:.3g}" for k, v in info.items() if isinstance(v, float)))

@@ -214,10 +214,11 @@ class FakeRuns:
             raise contexts.ContextUnusable(f"' {context.pair[0]}' is not a single token")
         return contexts.Pair(g_id=1, c_id=2, g_word=context.pair[0], c_word=context.pair[1], p_g0=0.1, p_c0=0.2)
 
-    def trajectory(self, model, context, *, mode, lr, steps, stop, store, loader, seed=0, device="cpu"):
+    def trajectory(self, model, context, *, mode, lr, steps, stop, store, loader, seed=0, device="cpu", batch=None):
         assert isinstance(context, str) and context not in self.unusable
         self.trajectory_calls.append({"model": model, "context": context, "mode": mode, "lr": lr,
-                                      "steps": steps, "stop": stop, "store": store, "loader": loader})
+                                      "steps": steps, "stop": stop, "store": store, "loader": loader,
+                                      "batch": batch})
         n = steps + 1
         series = {k: np.zeros(n) for k in SERIES}
         return Trajectory(series, {"model": model, "context": context, "mode": mode, "lr": lr, "steps": steps,
@@ -287,6 +288,15 @@ def test_run_passes_plan_steps_stop_store_and_loader(fake, rs):
     assert fake.requested() == [("full", 5e-6, "longing", 12, "never"), ("lora", 1e-3, "purpose", 12, "born_flip")]
     assert all(c["store"] is rs and c["loader"] is never_load and c["model"] == "m"
                for c in fake.trajectory_calls)
+    assert [c["batch"] for c in fake.trajectory_calls] == [None, plan.lora_lrs]   # LoRA: the plan's grid
+
+
+@pytest.mark.parametrize("plan, lr, grid", [(Plan(), 1e-3, Plan().lora_lrs), (Plan(), 7e-4, None),
+                                            (Plan(batch_lora=False), 1e-3, None),
+                                            (Plan(lora=(LORA_REF,)), LORA_REF, None)])
+def test_a_lora_run_of_the_grid_is_computed_in_its_batch(plan, lr, grid):
+    assert plan.batch("lora", lr) == grid
+    assert plan.batch("full", lr) is None
 
 
 def test_runs_one_per_usable_context(fake, rs):
@@ -397,9 +407,10 @@ def test_estimate_seconds_follow_the_costs():
 
 def test_default_costs_reproduce_the_measured_steps():
     """The per-parameter fit gives each model's own per-update seconds, measured in the cold store of
-    2026-12-06 (2 workers, contention), to 25%: one coefficient per mode for every model."""
+    2026-12-06 11:13 UTC (2 workers, contention, LoRA grids batched), to 25%: one coefficient per
+    mode for every model."""
     c = dryrun.COSTS
-    for mode, measured in {"full": {SMOL: 0.43, GEMMA: 0.66}, "lora": {SMOL: 0.21, GEMMA: 0.36}}.items():
+    for mode, measured in {"full": {SMOL: 0.41, GEMMA: 0.79}, "lora": {SMOL: 0.135, GEMMA: 0.254}}.items():
         for info, seconds in measured.items():
             assert c.step_s_per_param[mode] * info.n_params == pytest.approx(seconds, rel=0.25), (mode, info.name)
     assert 0 < c.kept["lora"] <= c.kept["full"] <= 1

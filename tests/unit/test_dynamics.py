@@ -182,6 +182,31 @@ class TestSmolLM2:
                 opt.zero_grad(set_to_none=True)
         assert np.asarray(losses, dtype=np.float64).tobytes() == base["full"]["loss"].tobytes()
 
+    def test_lora_grid_runs_are_the_sequential_runs_bit_for_bit(self, base, smol, smol_sha, pair):
+        """The claims' batched LoRA grid (dynamics.run_lora_grid) on the real model, one torch thread
+        ("quiet": its batched products keep the sequential ones' kernels)."""
+        lrs = (1e-4, LR_LORA, 1e-2)
+        grid = dynamics.run_lora_grid(smol, CONTEXT, lrs=lrs, steps=T, pair=pair, observables="all")
+        for lr, batched in zip(lrs, grid):
+            alone = base["lora"] if lr == LR_LORA else \
+                dynamics.run(smol, CONTEXT, mode="lora", lr=lr, steps=T, pair=pair, observables="all")
+            assert batched.meta.pop("batch") == list(lrs)
+            assert_same_run(alone, batched)
+        assert zoo.state_sha256(smol.model) == smol_sha
+
+    def test_a_grid_first_shares_the_sequential_step_zero_state(self, smol):
+        """On "begin" (3 tokens) the grid's batched rows round differently from a run's own forward;
+        the step-0 state it shares, and its runs' step-0 series, are still the sequential bits."""
+        dynamics._SHARED.pop(smol.model, None)
+        lrs = (1e-4, 1e-2)
+        grid = dynamics.run_lora_grid(smol, "begin", lrs=lrs, steps=1)
+        shared = dynamics._SHARED.pop(smol.model)
+        alone = dynamics.run(smol, "begin", mode="lora", lr=lrs[0], steps=1)
+        assert dynamics._SHARED[smol.model] == shared                    # the same state, however it came
+        for k in dynamics.STEP_ZERO:
+            assert grid[0][k][0] == grid[1][k][0] == alone[k][0], k
+        assert grid[0]["phi"][1] != alone["phi"][1]   # this context's batched rows do round differently
+
 
 # --------------------------------------------------------------------------------------
 # Argument validation (before anything is loaded or copied)

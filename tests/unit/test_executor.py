@@ -105,6 +105,25 @@ def test_every_task_kind_is_a_run_store_kind_with_a_known_work():
         executor.execute(executor.Task("m", "orientations", {}, {}), store=None)
 
 
+def test_a_grids_later_runs_come_in_the_second_wave(tiny, tmp_path):
+    c = cmp.Campaign(tiny[0], plans.Plan(lora=(1e-4, 1e-3)), store.RunStore(tmp_path))
+    tasks = [executor.run_task(c, mode, lr, context) for mode, lr, context in c.planned()]
+    first, later = executor.waves(tasks)
+    assert sorted(map(str, first + later)) == sorted(map(str, tasks))
+    assert [(t.args["lr"], t.args["batch"]) for t in later] == [(1e-3, (1e-4, 1e-3))] * len(c.usable)
+    assert all(t.args["batch"] is None or t.args["lr"] == 1e-4 for t in first)
+
+
+def test_a_cold_grid_counts_every_run_computed(tiny, tmp_path, one_torch_thread):
+    """Its first run computes the whole grid: its later runs, found stored, were computed here too."""
+    plan = plans.Plan(sweep=(2e-5,), extended=(), lora=(1e-4, 1e-3), eta_c=False, steps=2)
+    (cold,) = executor.compute([cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))], "local")
+    contexts_n = len(cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path)).usable)
+    assert cold.computed == cold.done == cold.planned == (1 + 2) * contexts_n    # η_ref; the 2 LoRA LRs
+    (warm,) = executor.compute([cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))], "local")
+    assert warm.computed == 0 and warm.cached == cold.planned
+
+
 def test_fingerprint_differences_name_each_field():
     here = executor.fingerprint()
     assert set(here) >= {"torch", "transformers", "peft", "python"} | {f"code_sha256[{k}]" for k in runs.ROOTS}
@@ -366,7 +385,8 @@ def _warm_worker() -> int:
 
 @pytest.mark.ray
 def test_solo_runs_never_overlap_on_a_node(ray_cluster, tiny, tmp_path, monkeypatch):
-    c = cmp.Campaign(tiny[0], plans.Plan(steps=15, stop="never"), store.RunStore(tmp_path))
+    plan = plans.Plan(steps=15, stop="never", batch_lora=False)   # the LoRA runs: 4 tasks of their own
+    c = cmp.Campaign(tiny[0], plan, store.RunStore(tmp_path))
     list(executor.LocalExecutor().run(c, [executor.orientations_task(c)]))
     monkeypatch.setattr(runs, "SOLO_PARAMS", 0)            # every full fine-tune is solo (driver side)
     solo = [executor.run_task(c, "full", lr, "longing") for lr in (1e-5, 2e-5, 3e-5, 4e-5)]
