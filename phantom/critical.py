@@ -1,10 +1,11 @@
 """A model's critical learning rates: per-context ``η_i`` as run-store entries, and ``η_c`` (SPEC §5 A2).
 
 Each context's search (:func:`phantom.search.context_critical`) is stored under a key of kind
-``critical_lrs`` (:func:`phantom.runs.key`), which hashes this module and the search's code:
-a warm store answers without reading the runs again, and changing the search is never served
-an old ``η_i``. :func:`critical` reads ``η_c``, the ``⌈n/2⌉``-th smallest ``η_i``, from them,
-refining to 1% the contexts that decide it.
+``critical_lrs`` (:func:`phantom.runs.key`), which hashes this module, the search's code and
+the fine-tuning code that made the runs it read: a warm store answers without reading the
+runs again, and changing the search or the runs is never served an old ``η_i``.
+:func:`critical` reads ``η_c``, the ``⌈n/2⌉``-th smallest ``η_i``, from them, refining to 1%
+the contexts that decide it.
 """
 from __future__ import annotations
 

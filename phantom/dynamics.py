@@ -501,7 +501,7 @@ def run(loaded, context, *, mode: str, lr: float, steps: int = STEPS, seed: int 
         start = _Start.of(loaded, model, context, pair, mode, observables, device)
         began = time.perf_counter()
         rows, diverged_at, stopped_at = _train(model, opt, start.probe, start.ids, start.target, steps, stop)
-        start.share(rows)
+        start.share(start.step_zero(rows[0]) if rows else None)
     return start.trajectory(rows, mode=mode, lr=lr, steps=steps, seed=seed, stop=stop, diverged_at=diverged_at,
                             stopped_at=stopped_at, n_trainable=sum(p.numel() for p in model.parameters()
                                                                    if p.requires_grad),
@@ -550,7 +550,7 @@ def run_lora_grid(loaded, context, *, lrs, steps: int = STEPS, seed: int = SEED,
         start = _Start.of(loaded, model, context, pair, "lora", observables, device)
         if start.probe.step_zero is None:   # the first run of the context in this process
             start.probe.step_zero = _step_zero_alone(model, start, names[0])
-            _SHARED.setdefault(loaded.model, {})[start.key] = start.probe.step_zero
+            start.share(start.probe.step_zero)
         began = time.perf_counter()
         ends = _train_grid(model, opt, start, names, steps, stop)
         wall_s = time.perf_counter() - began
@@ -590,11 +590,10 @@ class _Start:
         """The context's shared state from a run's finite t = 0 row."""
         return StepZero(self.g_max, self.g_max_other, {k: row[k] for k in STEP_ZERO})
 
-    def share(self, rows: list[dict]) -> None:
-        """Share the t = 0 state with the context's later runs in this process (first run only)."""
-        shared = _SHARED.setdefault(self.loaded.model, {})
-        if self.key not in shared and rows:
-            shared[self.key] = self.step_zero(rows[0])
+    def share(self, state: StepZero | None) -> None:
+        """Share the t = 0 state with the context's later runs in this process (the first state only)."""
+        if state is not None:
+            _SHARED.setdefault(self.loaded.model, {}).setdefault(self.key, state)
 
     def trajectory(self, rows: list[dict], *, mode: str, lr: float, steps: int, seed: int, stop: str,
                    diverged_at: int | None, stopped_at: int | None, n_trainable: int, wall_s: float,

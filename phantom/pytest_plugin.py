@@ -92,11 +92,11 @@ def _path(config: pytest.Config, option: str, default: Path) -> Path:
 def figures_dir(root: Path, md: Path, complete: bool) -> Path:
     """Where a table's figures go, so that no table's figures overwrite another's.
 
-    The repository's ``CLAIMS.md``: ``docs/figures``; any other complete table, e.g.
-    ``docs/claims-full.md``: ``docs/figures/claims-full``; a partial table: its own
-    ``docs/figures`` beside it.
+    The repository's ``CLAIMS.md``: ``docs/figures``; any other complete table in the
+    repository, e.g. ``docs/claims-full.md``: ``docs/figures/claims-full``; a partial table,
+    or one outside the repository: its own ``docs/figures`` beside it.
     """
-    if not complete:
+    if not complete or not md.resolve().is_relative_to(root.resolve()):
         return md.parent / "docs" / "figures"
     figures = root / "docs" / "figures"
     return figures if md.resolve() == (root / "CLAIMS.md").resolve() else figures / md.stem

@@ -37,14 +37,17 @@ from .protocol import SEED, STEPS
 from .store import RunStore
 from .trajectory import Trajectory
 
-# The module that computes each kind of entry; the key hashes it and the phantom modules it
-# imports, transitively (:func:`sources`), with this module, which orchestrates all.
-ROOTS: dict[str, str] = {
-    "orientation": "contexts",
-    "trajectory": "dynamics",
-    "blind_r": "dynamics",
-    "bulk": "geometry",
-    "critical_lrs": "critical",
+# The modules that compute each kind of entry; the key hashes them and the phantom modules
+# they import, transitively (:func:`sources`), with this module, which orchestrates all. A
+# critical_lrs entry summarises the trajectories its search read (their flips and responses),
+# so it hashes the code that computed them too: a change to the fine-tuning never serves a
+# critical LR found on the old runs.
+ROOTS: dict[str, tuple[str, ...]] = {
+    "orientation": ("contexts",),
+    "trajectory": ("dynamics",),
+    "blind_r": ("dynamics",),
+    "bulk": ("geometry",),
+    "critical_lrs": ("critical", "dynamics"),
 }
 PACKAGE = pathlib.Path(__file__).parent
 SOLO_PARAMS = 400_000_000   # full FT above this (Qwen-0.5B: ≈14 GB) runs one at a time per machine
@@ -69,13 +72,13 @@ def _imports(module: str, package: pathlib.Path) -> set[str]:
 def sources(kind: str, package: pathlib.Path = PACKAGE) -> tuple[str, ...]:
     """The modules whose source goes into the key of an entry of ``kind``, sorted.
 
-    The computing module of :data:`ROOTS` and every phantom module it imports, transitively,
+    The computing modules of :data:`ROOTS` and every phantom module they import, transitively,
     derived from the code itself: a function moved to a new module brings that module in.
     The walk does not follow this module's (``runs``) own imports: the entries it reads
     (trajectories, orientations) carry keys of their own.
     """
     try:
-        todo = [ROOTS[kind]]
+        todo = list(ROOTS[kind])
     except KeyError:
         raise ValueError(f"unknown run-store entry kind {kind!r}; known: {', '.join(ROOTS)}") from None
     seen = {"runs"}
@@ -300,9 +303,10 @@ def _grid_run(store: RunStore, run_key: Callable, check: Callable, lr: float,
                 store.get_or_compute(run_key(observables, other), t.to_dict, check(other))
         return runs[lr].to_dict()
 
-    missing = not store.read_only and store.get(this, check()) is None
-    with store.lock(run_key(observables, None), "the batched LoRA grid") if missing else nullcontext():
-        return Trajectory.from_dict(store.get_or_compute(this, compute, check()))
+    if (payload := store.get(this, check(), count=True)) is None:
+        with nullcontext() if store.read_only else store.lock(run_key(observables, None), "the batched LoRA grid"):
+            payload = store.get_or_compute(this, compute, check())
+    return Trajectory.from_dict(payload)
 
 
 def blind_r(model: str, context: str, pair: contexts.Pair, *, store: RunStore | None = None,

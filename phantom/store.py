@@ -367,8 +367,14 @@ class RunStore:
         """An exclusive lock named by ``key`` (its own, not an entry's) for work that spans entries."""
         return exclusive_lock(self._path(key_hash(key), ".lock"), f"{what} {key_hash(key)[:12]}…")
 
-    def get(self, key: dict, validate: Validator | None = None) -> dict | None:
-        """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`)."""
+    def get(self, key: dict, validate: Validator | None = None, *, count: bool = False) -> dict | None:
+        """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`).
+
+        ``count``: the read is a request for the entry, counted in :attr:`requested` as
+        :meth:`get_or_compute` counts it (a caller that computes on a miss by other means).
+        """
+        if count:
+            self.requested.add((key.get("kind", ""), key_hash(key)))
         record = self.entry(key, validate)
         return None if record is None else record["payload"]
 

@@ -74,11 +74,14 @@ def test_outcomes_follow_verdicts_and_a_complete_session_writes_both_files(inner
 
 
 def test_each_table_has_its_own_figures(tmp_path):
-    figures = tmp_path / "docs" / "figures"
-    assert figures_dir(tmp_path, tmp_path / "CLAIMS.md", complete=True) == figures
-    assert figures_dir(tmp_path, tmp_path / "docs" / "claims-full.md", complete=True) == figures / "claims-full"
-    partial = tmp_path / "cache" / "claims-partial"
-    assert figures_dir(tmp_path, partial / "CLAIMS.md", complete=False) == partial / "docs" / "figures"
+    root = tmp_path / "repo"
+    figures = root / "docs" / "figures"
+    assert figures_dir(root, root / "CLAIMS.md", complete=True) == figures
+    assert figures_dir(root, root / "docs" / "claims-full.md", complete=True) == figures / "claims-full"
+    partial = root / "cache" / "claims-partial"
+    assert figures_dir(root, partial / "CLAIMS.md", complete=False) == partial / "docs" / "figures"
+    outside = tmp_path / "elsewhere"          # a complete table outside the repository: its figures beside it
+    assert figures_dir(root, outside / "C.md", complete=True) == outside / "docs" / "figures"
 
 
 def test_flipped_expectation_fails(inner, tiny):

@@ -79,7 +79,8 @@ def test_sources_are_the_transitive_imports_of_the_computing_module():
     assert runs.sources("trajectory") == ("contexts", "dynamics", "geometry", "heap", "protocol", "runs",
                                           "trajectory")
     assert {"critical", "search", "laws"} <= set(runs.sources("critical_lrs"))   # the η_i search's code
-    assert "dynamics" not in runs.sources("critical_lrs")     # the runs it reads carry keys of their own
+    # a critical_lrs entry is served without reading its runs again: the code that made them is in its key
+    assert set(runs.sources("trajectory")) <= set(runs.sources("critical_lrs"))
     assert "store" not in runs.sources("trajectory") and "zoo" not in runs.sources("trajectory")
 
 
@@ -94,7 +95,7 @@ def test_moving_a_function_to_a_new_module_changes_the_key(package):
     dynamics.write_text(text.replace(body, "").replace(imports, imports + "\nfrom .targets import lora_targets"))
     assert "targets" in runs.sources("trajectory", package)
     moved = {kind: runs.code_sha256(kind, package=package) for kind in runs.ROOTS}
-    assert all(moved[k] != before[k] for k in ("trajectory", "blind_r"))
+    assert all(moved[k] != before[k] for k in ("trajectory", "blind_r", "critical_lrs"))
     assert moved["bulk"] == before["bulk"] and moved["orientation"] == before["orientation"]
     (package / "targets.py").write_text((package / "targets.py").read_text() + "\n# an edit\n")
     assert runs.code_sha256("trajectory", package=package) != moved["trajectory"]

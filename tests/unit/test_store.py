@@ -84,6 +84,10 @@ def test_requested_and_computed_are_per_instance_sets_of_kind_and_hash(tmp_path)
     assert rs.requested == rs.computed == {("bulk", key_hash(kinded)), ("", key_hash(OTHER_KEY))}
     rs.get(KEY)                                                  # plain reads are not requests
     assert len(rs.requested) == 2
+    absent = {"kind": "trajectory", **OTHER_KEY}
+    assert rs.get(absent, count=True) is None                   # a counted read is one, stored or not
+    assert rs.get(kinded, count=True) == {"v": 1}
+    assert rs.requested == {("bulk", key_hash(kinded)), ("", key_hash(OTHER_KEY)), ("trajectory", key_hash(absent))}
 
     warm = RunStore(tmp_path)                                    # same store, new instance: warm
     warm.get_or_compute(kinded, Counter({"v": 4}))
