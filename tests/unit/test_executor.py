@@ -445,7 +445,7 @@ def test_fingerprint_hashes_the_code_as_imported_not_as_on_disk_now(tmp_path):
     (fresh, _) = run()
     assert executor.differences(before, fresh).startswith("code_sha256[blind_r]")
     assert {k for k in before if before[k] != fresh[k]} == {f"code_sha256[{k}]" for k in
-                                                          ("blind_r", "trajectory")}
+                                                          ("blind_r", "critical_lrs", "trajectory")}
 
 
 def test_a_worker_refuses_a_driver_with_another_store_key(monkeypatch):
