@@ -367,6 +367,12 @@ class RunStore:
         """An exclusive lock named by ``key`` (its own, not an entry's) for work that spans entries."""
         return exclusive_lock(self._path(key_hash(key), ".lock"), f"{what} {key_hash(key)[:12]}…")
 
+    def _request(self, key: dict) -> str:
+        """Count a request for ``key``'s entry in :attr:`requested`; its hash."""
+        h = key_hash(key)
+        self.requested.add((key.get("kind", ""), h))
+        return h
+
     def get(self, key: dict, validate: Validator | None = None, *, count: bool = False) -> dict | None:
         """Verified payload of ``key``, or None if absent or corrupt (see :meth:`entry`).
 
@@ -374,7 +380,7 @@ class RunStore:
         :meth:`get_or_compute` counts it (a caller that computes on a miss by other means).
         """
         if count:
-            self.requested.add((key.get("kind", ""), key_hash(key)))
+            self._request(key)
         record = self.entry(key, validate)
         return None if record is None else record["payload"]
 
@@ -410,8 +416,7 @@ class RunStore:
         Exception
             Whatever ``compute`` raises; nothing is written and the lock is released.
         """
-        h = key_hash(key)
-        self.requested.add((key.get("kind", ""), h))
+        h = self._request(key)
         path = self._path(h, ".json")
         with suppress(_Corrupt):  # reported below, under the lock, if still corrupt
             record = _load(path, h, validate, self.secret)
